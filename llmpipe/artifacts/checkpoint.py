@@ -1,0 +1,38 @@
+"""Checkpoints: `model.safetensors` + Hugging Face `config.json`, written to a temp dir and renamed.
+
+Training state (optimizer tensors, data position, loop counters) sits beside them as
+safetensors + JSON, never as pickles.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from llmpipe.artifacts.layout import atomic_path
+
+
+def save_checkpoint(path: Path, tensors: dict, config: dict, state: dict | None = None, state_tensors: dict | None = None) -> None:
+    from safetensors.torch import save_file
+
+    with atomic_path(Path(path)) as tmp:
+        tmp.mkdir(parents=True)
+        # safetensors refuses shared storage (tied embeddings): store independent copies.
+        save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
+        if state is not None:
+            (tmp / "training_state.json").write_text(json.dumps(state, indent=1, sort_keys=True))
+        if state_tensors:
+            save_file({k: v.detach().contiguous() for k, v in state_tensors.items()}, str(tmp / "training_state.safetensors"))
+
+
+def load_checkpoint(path: Path, device: str = "cpu") -> tuple[dict, dict, dict | None, dict | None]:
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    tensors = load_file(str(path / "model.safetensors"), device=device)
+    config = json.loads((path / "config.json").read_text())
+    state = json.loads((path / "training_state.json").read_text()) if (path / "training_state.json").exists() else None
+    st = path / "training_state.safetensors"
+    state_tensors = load_file(str(st), device=device) if st.exists() else None
+    return tensors, config, state, state_tensors

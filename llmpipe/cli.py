@@ -1,0 +1,213 @@
+"""The `llmpipe` command: run/status/inspect/task plus one subcommand per stage, built from its Params.
+
+User mistakes print one line and exit 2; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from pathlib import Path
+
+import click
+
+from llmpipe.errors import DataError, UserError
+
+_DEBUG = "--debug" in sys.argv
+
+
+def option_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def _click_option(f: dataclasses.Field, tp) -> click.Option:
+    from llmpipe.config import field_help
+
+    origin = typing.get_origin(tp)
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType")) and len(args) == 1:
+        tp, origin = args[0], typing.get_origin(args[0])
+    kw: dict = {"help": field_help(f), "default": None, "show_default": False}
+    default = f.default if f.default is not dataclasses.MISSING else None
+    if default is not None:
+        kw["help"] += f"  [default: {default}]"
+    name = option_name(f.name)
+    if tp is bool:
+        return click.Option([f"{name}/--no-{name[2:]}", f.name], **kw)
+    if origin is typing.Literal:
+        kw["type"] = click.Choice([str(a) for a in typing.get_args(tp)])
+    elif origin in (list, tuple):
+        kw.update(multiple=True, default=None, type={int: int, float: float}.get(typing.get_args(tp)[0], str))
+    else:
+        kw["type"] = {int: int, float: float}.get(tp, str)
+    return click.Option([name, f.name], **kw)
+
+
+def stage_command(stage_name: str) -> click.Command:
+    """Build `llmpipe <stage>` from the stage's Params: one --kebab-case option per field."""
+    from llmpipe.config import param_types
+    from llmpipe.registry import get_stage
+
+    stage = get_stage(stage_name)
+    types_ = param_types(stage.params)
+    params = [
+        click.Option(["--input", "inputs"], multiple=True, required=True, help="Input artifact, file, directory or glob (repeatable)."),
+        click.Option(["--output", "output"], required=True, type=click.Path(path_type=Path), help="Output artifact directory."),
+        click.Option(["--workers"], type=int, default=1, show_default=True, help="Parallel worker processes."),
+        click.Option(["--force"], is_flag=True, help="Re-run even when the output is fresh."),
+    ]
+    params += [_click_option(f, types_[f.name]) for f in dataclasses.fields(stage.params)]
+
+    def callback(inputs, output, workers, force, **values):
+        from llmpipe.api import run_stage
+
+        ctx = click.get_current_context()
+        given = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()
+                 if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
+        manifest = run_stage(stage_name, list(inputs), output, workers=workers, force=force, **given)
+        _print_counts(manifest)
+
+    return click.Command(stage_name, params=params, callback=callback, help=stage.doc, short_help=stage.summary)
+
+
+def _print_counts(manifest: dict) -> None:
+    counts = manifest.get("counts", {})
+    if counts:
+        click.echo(" ".join(f"{k}={v}" for k, v in counts.items()))
+
+
+class LlmpipeGroup(click.Group):
+    """Fixed commands plus one lazily built command per stage."""
+
+    def list_commands(self, ctx):
+        from llmpipe.registry import builtin_stages
+
+        return sorted(super().list_commands(ctx)) + sorted(builtin_stages())
+
+    def get_command(self, ctx, name):
+        cmd = super().get_command(ctx, name)
+        if cmd is not None:
+            return cmd
+        from llmpipe.registry import builtin_stages
+
+        if name in builtin_stages():
+            return stage_command(name)
+        return None
+
+    def resolve_command(self, ctx, args):
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as e:
+            from llmpipe.errors import did_you_mean
+
+            if args and not args[0].startswith("-"):
+                raise click.UsageError(f'unknown command "{args[0]}"{did_you_mean(args[0], self.list_commands(ctx))}') from None
+            raise e
+
+
+@click.group(cls=LlmpipeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks.")
+@click.version_option(package_name="llmpipe")
+def cli(debug):
+    """Build a language model end to end from composable stages.
+
+    \b
+    llmpipe run pipelines/pretrain.toml      run a pipeline file (skips fresh steps)
+    llmpipe status pipelines/pretrain.toml   what is fresh, stale or missing, and why
+    llmpipe dedup --input A --output B       one stage alone, same params as in a pipeline
+    """
+
+
+@cli.command()
+@click.argument("pipeline_file", type=click.Path(path_type=Path))
+@click.option("--only", multiple=True, help="Run only this step (repeatable).")
+@click.option("--from", "start", help="Start at this step.")
+@click.option("--until", help="Stop after this step.")
+@click.option("--force", is_flag=True, help="Re-run selected steps even when fresh.")
+@click.option("--dry-run", is_flag=True, help="Print what would run and why; run nothing.")
+@click.option("--set", "overrides", multiple=True, metavar="STEP.KEY=VALUE", help="Override a step parameter.")
+@click.option("--executor", type=click.Choice(["local", "slurm"]), help="Where tasks run (default: the file's [pipeline] executor).")
+@click.option("--workers", type=int, help="Local worker processes (default: the file's [pipeline] workers).")
+def run(pipeline_file, only, start, until, force, dry_run, overrides, executor, workers):
+    """Run a pipeline file; fresh steps are skipped."""
+    from llmpipe.pipeline import load_pipeline
+    from llmpipe.runner import run_pipeline
+
+    pipe = load_pipeline(pipeline_file, list(overrides))
+    run_pipeline(pipe, executor, workers, list(only), start, until, force, dry_run)
+
+
+@cli.command()
+@click.argument("pipeline_file", type=click.Path(path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="STEP.KEY=VALUE")
+def status(pipeline_file, overrides):
+    """Print every step as fresh / stale (and why) / incomplete / missing."""
+    from llmpipe.pipeline import load_pipeline
+    from llmpipe.runner import plan_status, print_status
+
+    print_status(plan_status(load_pipeline(pipeline_file, list(overrides))))
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--rows", default=3, show_default=True, help="Rows to show.")
+def inspect(artifact, rows):
+    """Show an artifact's manifest, counts, stats and a few rows."""
+    from llmpipe.inspect import inspect_artifact
+
+    inspect_artifact(artifact, rows)
+
+
+@cli.command(hidden=True)
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--phase", type=int)
+@click.option("--task", type=int, help="Task index; default: $SLURM_ARRAY_TASK_ID.")
+@click.option("--finalize", is_flag=True, help="Write the manifest once every task is recorded.")
+def task(out, phase, task, finalize):
+    """Run one task of a prepared step (used by executors: process pool, Slurm, torchrun)."""
+    import os
+
+    from llmpipe import step as step_mod
+
+    if finalize:
+        step_mod.finalize(out)
+        return
+    if task is None:
+        task = int(os.environ["SLURM_ARRAY_TASK_ID"])
+    step_mod.run_task(out, phase, task)
+
+
+@cli.command("stages")
+def list_stages():
+    """List the stages and what each does."""
+    from llmpipe.registry import builtin_stages, get_stage
+
+    for name in sorted(builtin_stages()):
+        click.echo(f"{name:<18} {get_stage(name).summary}")
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except (UserError, DataError) as e:
+        if _DEBUG:
+            raise
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted; finished tasks are kept, re-run to resume", err=True)
+        sys.exit(130)
+    except Exception as e:  # a bug or a failed task: one line, and the traceback with --debug
+        if _DEBUG:
+            raise
+        exit_code = getattr(e, "exit_code", 1)
+        click.echo(f"error: {type(e).__name__}: {e} (re-run with --debug for the traceback)", err=True)
+        sys.exit(exit_code)

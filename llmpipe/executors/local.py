@@ -1,0 +1,68 @@
+"""Local executor: tasks inline (1 worker) or in a process pool; only tasks without a record run.
+
+A killed run leaves finished tasks recorded and unfinished ones invisible (parts are renamed
+into place only when complete), so re-running does exactly the missing work.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import subprocess
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from pathlib import Path
+
+from llmpipe import step as step_mod
+from llmpipe.artifacts.layout import remove_temporaries
+from llmpipe.executors.torchrun import local_command, nproc_of
+from llmpipe.log import progress
+
+
+class TaskFailed(Exception):
+    exit_code = 1
+
+
+def _run_one(out: str, phase: int, task: int) -> None:
+    step_mod.run_task(Path(out), phase, task)
+
+
+def run_phases(out: Path, run: dict, workers: int, label: str, tasks_of=None) -> None:
+    """Run every pending task of every phase in order; `tasks_of(phase, pending)` narrows to a shard."""
+    remove_temporaries(out)
+    for k, phase in enumerate(run["phases"]):
+        todo = step_mod.pending_tasks(out, run, k)
+        if tasks_of is not None:
+            todo = tasks_of(k, todo)
+        if not todo:
+            continue
+        desc = f"{label}" + (f" [{phase['name']}]" if len(run["phases"]) > 1 else "")
+        if run["launcher"] == "torchrun" and nproc_of(run) > 1:
+            for t in todo:
+                cmd = local_command(out, k, t, nproc_of(run))
+                if subprocess.run(cmd).returncode != 0:
+                    raise TaskFailed(f"{label}: torchrun task {t} failed: {' '.join(cmd)}")
+            continue
+        with progress(len(todo), desc) as advance:
+            if workers <= 1 or len(todo) == 1:
+                for t in todo:
+                    step_mod.run_task(out, k, t)
+                    advance(1)
+            else:
+                _run_pool(out, k, todo, workers, label, advance)
+
+
+def _run_pool(out: Path, phase: int, todo: list[int], workers: int, label: str, advance) -> None:
+    ctx = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
+        futures = {pool.submit(_run_one, str(out), phase, t): t for t in todo}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for f in done:
+                if f.exception() is not None:
+                    for p in pending:
+                        p.cancel()
+                    err = f.exception()
+                    if getattr(err, "exit_code", None) is not None:
+                        raise err
+                    raise TaskFailed(f"{label}: task {futures[f]} failed: {type(err).__name__}: {err}") from err
+                advance(1)

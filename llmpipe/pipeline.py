@@ -1,0 +1,203 @@
+"""Pipeline files: `[pipeline]` settings plus `[steps.NAME]` tables, checked whole before anything runs.
+
+    [pipeline]
+    name = "pretrain"
+    workdir = "runs/pretrain"      # each step writes <workdir>/<step name>
+    workers = 2
+
+    [steps.ingest]
+    inputs = ["embedded:python-docs"]
+
+    [steps.dedup]                  # stage = "dedup" by default (the step's name)
+    inputs = ["ingest"]            # an earlier step, or paths / globs
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmpipe.api import build_step
+from llmpipe.config import coerce, load_toml, parse_cli_value, type_name, _MISMATCH
+from llmpipe.errors import ConfigError, InputError, did_you_mean
+from llmpipe.inputs import Input, artifact_input, planned_input, resolve_input
+from llmpipe.step import Step
+
+# [pipeline] keys with their types; [pipeline.slurm] is passed to sbatch.
+PIPELINE_KEYS: dict[str, Any] = {"name": str, "workdir": str, "executor": str, "workers": int, "slurm": dict}
+SLURM_KEYS: dict[str, Any] = {
+    "partition": str, "time": str, "cpus_per_task": int, "mem": str, "array_parallelism": int,
+    "account": str, "qos": str, "gpus_per_node": int, "nodes": int, "extra_sbatch": list, "python": str, "setup": str,
+}
+EXECUTORS = ("local", "slurm")
+
+
+@dataclass
+class StepSpec:
+    name: str
+    stage_ref: str
+    inputs: list[str]
+    params: dict[str, Any]
+    where: str
+
+
+@dataclass
+class Pipeline:
+    path: Path
+    name: str
+    workdir: Path
+    executor: str = "local"
+    workers: int = 1
+    slurm: dict[str, Any] = field(default_factory=dict)
+    steps: dict[str, StepSpec] = field(default_factory=dict)  # in run order
+
+
+def _check_table(table: dict, known: dict[str, Any], where: str) -> None:
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(f"{where} {key}: unknown key{did_you_mean(key, known)}")
+        tp = known[key]
+        if tp in (dict, list):
+            ok = isinstance(value, tp)
+        else:
+            ok = coerce(value, tp) is not _MISMATCH
+        if not ok:
+            raise ConfigError(f"{where} {key}: expected {type_name(tp) if tp not in (dict, list) else ('a table' if tp is dict else 'a list')}, got {value!r}")
+
+
+def load_pipeline(path: str | Path, overrides: list[str] = ()) -> Pipeline:
+    path = Path(path)
+    data = load_toml(path)
+    for key in data:
+        if key not in ("pipeline", "steps"):
+            raise ConfigError(f"{path} [{key}]: unknown table; a pipeline file has [pipeline] and [steps.NAME]{did_you_mean(key, ['pipeline', 'steps'])}")
+    settings = data.get("pipeline", {})
+    _check_table(settings, PIPELINE_KEYS, f"{path} [pipeline]")
+    _check_table(settings.get("slurm", {}), SLURM_KEYS, f"{path} [pipeline.slurm]")
+    executor = settings.get("executor", "local")
+    if executor not in EXECUTORS:
+        raise ConfigError(f'{path} [pipeline] executor: expected one of "local", "slurm", got "{executor}"')
+    name = settings.get("name", path.stem)
+    pipe = Pipeline(path, name, Path(settings.get("workdir", f"runs/{name}")), executor, settings.get("workers", 1), settings.get("slurm", {}))
+    steps = data.get("steps")
+    if not steps:
+        raise ConfigError(f"{path}: no steps; add a [steps.NAME] table per step")
+    for step_name, table in steps.items():
+        where = f"{path} [steps.{step_name}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: expected a table of settings")
+        table = dict(table)
+        stage_ref = table.pop("stage", step_name)
+        inputs = table.pop("inputs", [])
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if not isinstance(stage_ref, str) or not all(isinstance(i, str) for i in inputs):
+            raise ConfigError(f"{where}: stage must be a string and inputs a list of strings")
+        if not inputs:
+            raise ConfigError(f"{where} inputs: a step needs inputs (earlier steps or paths)")
+        pipe.steps[step_name] = StepSpec(step_name, stage_ref, list(inputs), table, where)
+    _apply_overrides(pipe, overrides)
+    pipe.steps = {n: pipe.steps[n] for n in _topological_order(pipe)}
+    return pipe
+
+
+def _apply_overrides(pipe: Pipeline, overrides: list[str]) -> None:
+    for item in overrides:
+        target, eq, value = item.partition("=")
+        step_name, dot, key = target.partition(".")
+        if not eq or not dot or not key:
+            raise ConfigError(f'--set {item}: expected STEP.KEY=VALUE, for example dedup.threshold=0.85')
+        if step_name not in pipe.steps:
+            raise ConfigError(f'--set {item}: no step "{step_name}" in {pipe.path}{did_you_mean(step_name, pipe.steps)}')
+        spec = pipe.steps[step_name]
+        if key == "inputs":
+            spec.inputs = [str(v) for v in (parse_cli_value(value) if value.startswith("[") else [value])]
+        else:
+            spec.params[key] = parse_cli_value(value)
+
+
+def _step_refs(pipe: Pipeline, spec: StepSpec) -> list[str]:
+    return [i for i in spec.inputs if i in pipe.steps]
+
+
+def _topological_order(pipe: Pipeline) -> list[str]:
+    order: list[str] = []
+    state: dict[str, str] = {}
+
+    def visit(name: str, trail: list[str]) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "visiting":
+            cycle = trail[trail.index(name):] + [name]
+            raise ConfigError(f"{pipe.path}: steps form a cycle: {' -> '.join(cycle)}")
+        state[name] = "visiting"
+        for dep in _step_refs(pipe, pipe.steps[name]):
+            visit(dep, trail + [name])
+        state[name] = "done"
+        order.append(name)
+
+    for name in pipe.steps:
+        visit(name, [])
+    return order
+
+
+def select_steps(pipe: Pipeline, only: list[str] = (), start: str | None = None, until: str | None = None) -> list[str]:
+    names = list(pipe.steps)
+    for n in [*only, start, until]:
+        if n is not None and n not in pipe.steps:
+            raise ConfigError(f'{pipe.path}: no step "{n}"{did_you_mean(n, names)}')
+    if only:
+        return [n for n in names if n in only]
+    lo = names.index(start) if start else 0
+    hi = names.index(until) + 1 if until else len(names)
+    return names[lo:hi]
+
+
+def _resolve_step_input(pipe: Pipeline, spec: StepSpec, ref: str, built: dict[str, Step]) -> Input:
+    if ref in built:
+        up = built[ref]
+        if (up.out / "_manifest.json").exists() and _manifest_fp(up.out) == up.fingerprint:
+            return artifact_input(up.out)
+        return planned_input(up.out, up.plan().files, up.fingerprint, up.stage.output_kind)
+    looks_like_name = not any(c in ref for c in "/.*?[") and not ref.startswith("embedded:")
+    if looks_like_name and not Path(ref).exists():
+        hint = did_you_mean(ref, pipe.steps)
+        raise ConfigError(f'{spec.where} inputs: "{ref}" is neither a step of this pipeline nor an existing path{hint}')
+    return resolve_input(ref, where=f"{spec.where} inputs")
+
+
+def _manifest_fp(out: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((out / "_manifest.json").read_text()).get("fingerprint")
+    except (OSError, ValueError):
+        return None
+
+
+def build_steps(pipe: Pipeline) -> dict[str, Step]:
+    """Resolve every step's stage, params and inputs; all user errors surface here, before any write."""
+    built: dict[str, Step] = {}
+    for name, spec in pipe.steps.items():
+        inputs = [_resolve_step_input(pipe, spec, ref, built) for ref in spec.inputs]
+        built[name] = build_step(name, spec.stage_ref, inputs, pipe.workdir / name, spec.params, spec.where)
+    return built
+
+
+def refresh_inputs(pipe: Pipeline, built: dict[str, Step], name: str) -> Step:
+    """Rebuild a step's inputs after its upstream steps ran, so it reads their real manifests."""
+    spec = pipe.steps[name]
+    step = built[name]
+    step.inputs = [_resolve_step_input(pipe, spec, ref, built) for ref in spec.inputs]
+    return step
+
+
+def check_upstream_ready(pipe: Pipeline, built: dict[str, Step], selected: list[str]) -> None:
+    """With --only/--from, an unselected upstream step must already be fresh."""
+    from llmpipe.step import state
+
+    for name in selected:
+        for dep in _step_refs(pipe, pipe.steps[name]):
+            if dep not in selected and state(built[dep])[0] != "fresh":
+                raise InputError(f'{pipe.steps[name].where} inputs: step "{dep}" is not fresh; run it first or include it in the selection')

@@ -1,0 +1,231 @@
+"""A step: one stage bound to params, inputs and an output directory, and its life on disk.
+
+The executors drive a step only through this module: `prepare` writes `_run.json` (the resolved
+plan), `run_task` runs one task of one phase from that file alone (so a worker process, a Slurm
+array task or a torchrun rank needs nothing but the directory), and `finalize` writes the
+manifest once every task has a record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import llmpipe
+from llmpipe.artifacts.layout import LOGS, MANIFEST, RUN, TASKS, WORK, read_json, remove_temporaries, task_record_path, write_json_atomic
+from llmpipe.artifacts.manifest import write_manifest
+from llmpipe.config import params_from_mapping, params_to_dict
+from llmpipe.errors import InputError
+from llmpipe.fingerprint import fingerprint
+from llmpipe.inputs import Input
+from llmpipe.registry import Plan, Stage, get_stage
+from llmpipe.stats import merge
+
+
+@dataclass
+class Step:
+    name: str
+    stage_ref: str  # the name the user wrote: a built-in stage or a module path
+    stage: Stage
+    params: Any
+    inputs: list[Input]
+    out: Path
+
+    @property
+    def params_dict(self) -> dict:
+        return params_to_dict(self.params)
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.stage.name, self.stage.version, self.params_dict, [i.fingerprint for i in self.inputs])
+
+    def plan(self) -> Plan:
+        return self.stage.plan(self.params, self.inputs)
+
+    def run_record(self, plan: Plan) -> dict:
+        return {
+            "step": self.name,
+            "stage": self.stage_ref,
+            "version": self.stage.version,
+            "params": self.params_dict,
+            "fingerprint": self.fingerprint,
+            "inputs": [i.to_json() for i in self.inputs],
+            "phases": [{"name": name, "tasks": tasks} for name, tasks in plan.phases],
+            "files": plan.files,
+            "launcher": self.stage.launcher,
+            "output_kind": self.stage.output_kind,
+        }
+
+
+@dataclass
+class TaskContext:
+    """What a task function sees: params, inputs, where to write, which task it is."""
+
+    out: Path
+    params: Any
+    inputs: list[Input]
+    phase: str
+    task_index: int
+    n_tasks: int
+    run: dict
+
+    def work_dir(self, phase: str | None = None) -> Path:
+        d = self.out / WORK / (phase or self.phase)
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    @property
+    def input_files(self) -> list[str]:
+        return [f for i in self.inputs for f in i.files]
+
+
+# --- state on disk ------------------------------------------------------------------------------
+
+
+def state(step: Step) -> tuple[str, str]:
+    """('fresh'|'stale'|'incomplete'|'missing', why) for the step's output directory."""
+    out = step.out
+    if (out / MANIFEST).exists():
+        m = read_json(out / MANIFEST)
+        if m.get("fingerprint") == step.fingerprint:
+            return "fresh", ""
+        return "stale", _why_stale(m, step)
+    if (out / RUN).exists():
+        run = read_json(out / RUN)
+        if run.get("fingerprint") == step.fingerprint:
+            done = sum(len(list((out / TASKS / p["name"]).glob("*.json"))) for p in run["phases"] if (out / TASKS / p["name"]).exists())
+            total = sum(len(p["tasks"]) for p in run["phases"])
+            return "incomplete", f"{done}/{total} tasks done"
+        return "stale", "interrupted run with other params or inputs"
+    return "missing", ""
+
+
+def _why_stale(manifest: dict, step: Step) -> str:
+    if manifest.get("version") != step.stage.version:
+        return f"stage version {manifest.get('version')} -> {step.stage.version}"
+    old, new = manifest.get("params", {}), step.params_dict
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if changed:
+        return "params changed: " + ", ".join(f"{k}={old.get(k)!r}->{new.get(k)!r}" for k in changed)
+    old_inputs = [i.get("fingerprint") for i in manifest.get("inputs", [])]
+    if old_inputs != [i.fingerprint for i in step.inputs]:
+        return "inputs changed"
+    return "fingerprint changed"
+
+
+@contextlib.contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """Serialise preparation of one output dir between processes (Slurm array tasks start together)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def check_output_is_ours(out: Path, where: str) -> None:
+    """Never delete a user's directory: only llmpipe artifacts are replaced."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{where}: output {out} exists and is a file")
+    if out.is_dir() and any(out.iterdir()) and not ((out / RUN).exists() or (out / MANIFEST).exists()):
+        raise InputError(f"{where}: output {out} exists and is not an llmpipe artifact; choose another path or remove it")
+
+
+def prepare(step: Step, plan: Plan | None = None) -> dict:
+    """Write `_run.json` for this step, clearing a stale artifact; an interrupted same-fingerprint run is kept to resume."""
+    out = step.out
+    with _locked(out):
+        if (out / RUN).exists():
+            run = read_json(out / RUN)
+            if run.get("fingerprint") == step.fingerprint and not (out / MANIFEST).exists():
+                return run
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        run = step.run_record(plan or step.plan())
+        run["started"] = time.time()
+        write_json_atomic(out / RUN, run)
+        return run
+
+
+def pending_tasks(out: Path, run: dict, phase_index: int) -> list[int]:
+    phase = run["phases"][phase_index]
+    return [i for i in range(len(phase["tasks"])) if not task_record_path(out, phase["name"], i).exists()]
+
+
+def load_run(out: Path) -> dict:
+    return read_json(Path(out) / RUN)
+
+
+def _context(out: Path, run: dict, phase_index: int, task_index: int) -> tuple[Stage, TaskContext]:
+    stage = get_stage(run["stage"], where=f"{out}/{RUN}")
+    params = params_from_mapping(stage.params, run["params"], where=f"{out}/{RUN}", stage=stage.name)
+    phase = run["phases"][phase_index]
+    inputs = [Input.from_json(i) for i in run["inputs"]]
+    ctx = TaskContext(Path(out), params, inputs, phase["name"], task_index, len(phase["tasks"]), run)
+    return stage, ctx
+
+
+def run_task(out: Path, phase_index: int, task_index: int) -> dict:
+    """Run one task from `_run.json` and record it; a task with a record is not run again."""
+    out = Path(out)
+    run = load_run(out)
+    phase = run["phases"][phase_index]
+    record_path = task_record_path(out, phase["name"], task_index)
+    if record_path.exists():
+        return read_json(record_path)
+    stage, ctx = _context(out, run, phase_index, task_index)
+    t0 = time.time()
+    stats = stage.run_task[phase["name"]](ctx, phase["tasks"][task_index]) or {}
+    record = {"stats": stats, "seconds": round(time.time() - t0, 3), "host": os.uname().nodename, "pid": os.getpid()}
+    # Under torchrun every rank runs the task; rank 0 alone says it is done.
+    if int(os.environ.get("RANK", "0")) == 0:
+        write_json_atomic(record_path, record)
+    return record
+
+
+def finalize(out: Path) -> dict:
+    """Merge task records into the manifest, written last; the artifact is complete from then on."""
+    out = Path(out)
+    run = load_run(out)
+    missing = [(p["name"], i) for k, p in enumerate(run["phases"]) for i in pending_tasks(out, run, k)]
+    if missing:
+        raise RuntimeError(f"{out}: cannot finalize, {len(missing)} tasks have no record (first: {missing[0]})")
+    records = {p["name"]: [read_json(task_record_path(out, p["name"], i)) for i in range(len(p["tasks"]))] for p in run["phases"]}
+    last = run["phases"][-1]["name"]
+    stats = merge([r["stats"] for r in records[last]])
+    stage, ctx = _context(out, run, len(run["phases"]) - 1, 0)
+    extra = stage.finalize(ctx, stats, records) if stage.finalize else {"stats": stats}
+    remove_temporaries(out)
+    if not stage.extra.get("keep_work"):
+        shutil.rmtree(out / WORK, ignore_errors=True)
+    manifest = {
+        "stage": stage.name,
+        "step": run["step"],
+        "version": run["version"],
+        "params": run["params"],
+        "fingerprint": run["fingerprint"],
+        "inputs": [{"path": i["path"], "kind": i["kind"], "fingerprint": i["fingerprint"]} for i in run["inputs"]],
+        "output_kind": run["output_kind"],
+        "files": run["files"],
+        "llmpipe_version": llmpipe.__version__,
+        "timings": {
+            "wall_seconds": round(time.time() - run.get("started", time.time()), 3),
+            "task_seconds": {name: round(sum(r["seconds"] for r in recs), 3) for name, recs in records.items()},
+        },
+        **extra,
+    }
+    missing_files = [f for f in run["files"] if not (out / f).exists()]
+    if missing_files:
+        raise RuntimeError(f"{out}: planned files were not written: {missing_files[:3]}")
+    (out / LOGS).mkdir(exist_ok=True)
+    write_manifest(out, manifest)
+    return manifest

@@ -1,0 +1,6 @@
+"""The built-in stages: the only list of them. Each module defines STAGE; imported only when used."""
+
+STAGES = {
+    "ingest": "stages.ingest",
+    "dedup": "stages.dedup",
+}
