@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rich.table import Table
+from rich.markup import escape
 
 from llmpipe.artifacts.manifest import read_manifest
 from llmpipe.log import console
@@ -20,6 +20,8 @@ def inspect_artifact(path: Path, rows: int = 3) -> None:
     if m.get("counts"):
         console.print("counts: " + "  ".join(f"{k}={v}" for k, v in m["counts"].items()))
     stats = m.get("stats", {})
+    if stats.get("dropped"):
+        console.print("dropped: " + "  ".join(f"{k}={v}" for k, v in sorted(stats["dropped"].items())))
     if stats.get("skipped"):
         console.print("skipped: " + "  ".join(f"{k}={v}" for k, v in sorted(stats["skipped"].items())))
     console.print(f"files:  {len(m.get('files', []))}  wall={m.get('timings', {}).get('wall_seconds')}s")
@@ -30,16 +32,12 @@ def inspect_artifact(path: Path, rows: int = 3) -> None:
 def _show_documents(path: Path, files: list[str], rows: int) -> None:
     import pyarrow.parquet as pq
 
-    table = Table(show_lines=False)
     shown = 0
     for f in files:
-        t = pq.read_table(path / f).slice(0, rows - shown)
-        if not table.columns:
-            for name in t.column_names:
-                table.add_column(name, overflow="fold", no_wrap=True, max_width=70 if name == "text" else 28)
-        for row in t.to_pylist():
-            table.add_row(*[repr(v)[:200] if not isinstance(v, str) else v[:100].replace("\n", " ") for v in row.values()])
+        for row in pq.read_table(path / f).slice(0, rows - shown).to_pylist():
+            text = row.pop("text", "")
+            meta = "  ".join(f"{k}={v}" for k, v in row.items() if v is not None)
+            console.print(f"[dim]{f}[/] {escape(meta)}\n    {escape(text[:300].replace(chr(10), ' '))}{'…' if len(text) > 300 else ''}")
             shown += 1
         if shown >= rows:
             break
-    console.print(table)

@@ -11,15 +11,20 @@ MAX_SAMPLES = 5
 
 
 class TaskStats:
-    """Counts for one task: `count(key)`, and `skip(reason, sample)` for bad records."""
+    """Counts for one task: `count(key)`; `drop(reason)` for records a rule removed on purpose;
+    `skip(reason, sample)` for bad records (corrupt, undecodable), which count toward max_bad_fraction."""
 
     def __init__(self) -> None:
         self.counts: Counter = Counter()
+        self.dropped: Counter = Counter()
         self.skipped: Counter = Counter()
         self.samples: dict[str, list[str]] = {}
 
     def count(self, key: str, n: int | float = 1) -> None:
         self.counts[key] += n
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        self.dropped[reason] += n
 
     def skip(self, reason: str, sample: str = "") -> None:
         self.skipped[reason] += 1
@@ -28,7 +33,7 @@ class TaskStats:
             kept.append(sample[:300])
 
     def to_json(self) -> dict:
-        return {"counts": dict(self.counts), "skipped": dict(self.skipped), "samples": self.samples}
+        return {"counts": dict(self.counts), "dropped": dict(self.dropped), "skipped": dict(self.skipped), "samples": self.samples}
 
 
 def merge(records: list[dict]) -> dict:

@@ -73,7 +73,7 @@ def filter_task(ctx, task: dict) -> dict:
             offset += batch.num_rows
             writer.write_batch(batch.filter(mask))
             stats.count("documents", int(mask.sum()))
-            stats.count("removed_exact_duplicate", int((~mask).sum()))
+            stats.drop("exact_duplicate", int((~mask).sum()))
             if rejected is not None and (~mask).any():
                 dropped = batch.filter(~mask)
                 import pyarrow as pa
@@ -103,7 +103,7 @@ def _save(path, array: np.ndarray) -> None:
 
 def finalize(ctx, stats: dict, records: dict) -> dict:
     counts = stats.get("counts", {})
-    return {"counts": {"documents": counts.get("documents", 0), "removed": counts.get("removed_exact_duplicate", 0)}, "stats": stats}
+    return {"counts": {"documents": counts.get("documents", 0), "removed": stats.get("dropped", {}).get("exact_duplicate", 0)}, "stats": stats}
 
 
 STAGE = Stage(

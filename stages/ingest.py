@@ -83,10 +83,10 @@ def read_task(ctx, task: dict) -> dict:
         for rec in _records(task["source"], params, stats):
             n = len(rec["text"].strip())
             if n < params.min_chars:
-                stats.skip("empty", rec["id"])
+                stats.drop("too_short")
                 continue
             if len(rec["text"]) > params.max_chars:
-                stats.skip("too_large", rec["id"])
+                stats.drop("too_large")
                 continue
             batch.append(rec)
             stats.count("documents")

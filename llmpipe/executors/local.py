@@ -34,7 +34,7 @@ def run_phases(out: Path, run: dict, workers: int, label: str, tasks_of=None) ->
             todo = tasks_of(k, todo)
         if not todo:
             continue
-        desc = f"{label}" + (f" [{phase['name']}]" if len(run["phases"]) > 1 else "")
+        desc = label + (f" \\[{phase['name']}]" if len(run["phases"]) > 1 else "")
         if run["launcher"] == "torchrun" and nproc_of(run) > 1:
             for t in todo:
                 cmd = local_command(out, k, t, nproc_of(run))

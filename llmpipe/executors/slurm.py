@@ -1,0 +1,191 @@
+"""Slurm executor: one sbatch job array per phase of each step, chained with afterok, then followed.
+
+Each array element runs `llmpipe task <artifact> --phase P` and picks its task from
+SLURM_ARRAY_TASK_ID; only tasks without a completion record are submitted, so re-submitting after
+a failure or preemption does only the missing work. Training steps run as one job of
+`srun torchrun` across the requested nodes. Scripts are written to `<artifact>/_logs/` to read
+and re-submit by hand; configuration reaches the jobs as `_run.json`, never as a pickle.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from llmpipe import step as step_mod
+from llmpipe.artifacts.layout import LOGS, MANIFEST
+from llmpipe.errors import UserError
+from llmpipe.executors.torchrun import nproc_of, slurm_command
+from llmpipe.log import log
+
+MAX_ARRAY_INDEX = 1000  # Slurm's default MaxArraySize is 1001
+
+
+class SlurmFailed(Exception):
+    exit_code = 1
+
+
+def slurm_available() -> bool:
+    return shutil.which("sbatch") is not None and shutil.which("squeue") is not None
+
+
+def compress_ranges(ids: list[int]) -> str:
+    """[0,1,2,5,7,8] -> "0-2,5,7-8", the form sbatch --array takes."""
+    parts, start = [], None
+    for i, cur in enumerate(ids):
+        if start is None:
+            start = cur
+        if i + 1 == len(ids) or ids[i + 1] != cur + 1:
+            parts.append(str(start) if start == cur else f"{start}-{cur}")
+            start = None
+    return ",".join(parts)
+
+
+def _header(settings: dict, name: str, log_pattern: str, dependency: str | None) -> list[str]:
+    lines = ["#!/bin/bash", f"#SBATCH --job-name={name}", f"#SBATCH --output={log_pattern}"]
+    for key, flag in (("partition", "partition"), ("time", "time"), ("mem", "mem"), ("account", "account"), ("qos", "qos")):
+        if settings.get(key):
+            lines.append(f"#SBATCH --{flag}={settings[key]}")
+    lines += [f"#SBATCH {x}" for x in settings.get("extra_sbatch", [])]
+    if dependency:
+        lines.append(f"#SBATCH --dependency=afterok:{dependency}")
+        lines.append("#SBATCH --kill-on-invalid-dep=yes")
+    return lines
+
+
+def _body(settings: dict, command: str) -> list[str]:
+    lines = ["set -euo pipefail", "export LLMPIPE_EXECUTOR=slurm", f"cd {shlex.quote(os.getcwd())}"]
+    if settings.get("setup"):
+        lines.append(settings["setup"])
+    return lines + [command, ""]
+
+
+def phase_script(step: step_mod.Step, run: dict, phase: int, todo: list[int], settings: dict, dependency: str | None) -> str:
+    out, python = step.out, settings.get("python", sys.executable)
+    name = f"llmpipe-{step.name}-{run['phases'][phase]['name']}"
+    if run["launcher"] == "torchrun":
+        lines = _header(settings, name, str(out / LOGS / f"{run['phases'][phase]['name']}-%j.out"), dependency)
+        lines += [f"#SBATCH --nodes={settings.get('nodes', 1)}", "#SBATCH --ntasks-per-node=1",
+                  f"#SBATCH --cpus-per-task={settings.get('cpus_per_task', nproc_of(run))}"]
+        if settings.get("gpus_per_node"):
+            lines.append(f"#SBATCH --gpus-per-node={settings['gpus_per_node']}")
+        return "\n".join(lines + _body(settings, slurm_command(out, phase, todo[0], nproc_of(run), python)))
+    lines = _header(settings, name, str(out / LOGS / f"{run['phases'][phase]['name']}-%a.out"), dependency)
+    limit = settings.get("array_parallelism")
+    lines += [f"#SBATCH --array={compress_ranges(todo)}" + (f"%{limit}" if limit else ""),
+              f"#SBATCH --cpus-per-task={settings.get('cpus_per_task', 1)}", "#SBATCH --ntasks=1"]
+    command = f"exec {shlex.quote(python)} -m llmpipe task {shlex.quote(str(out))} --phase {phase}"
+    return "\n".join(lines + _body(settings, command))
+
+
+def finalize_script(step: step_mod.Step, settings: dict, dependency: str | None) -> str:
+    python = settings.get("python", sys.executable)
+    lines = _header(settings, f"llmpipe-{step.name}-finalize", str(step.out / LOGS / "finalize-%j.out"), dependency)
+    lines += ["#SBATCH --ntasks=1", "#SBATCH --cpus-per-task=1"]
+    return "\n".join(lines + _body(settings, f"exec {shlex.quote(python)} -m llmpipe task {shlex.quote(str(step.out))} --finalize"))
+
+
+def sbatch(script_path: Path) -> str:
+    res = subprocess.run(["sbatch", "--parsable", str(script_path)], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SlurmFailed(f"sbatch {script_path} failed: {res.stderr.strip()}")
+    return res.stdout.strip().split(";")[0]
+
+
+def submit_step(step: step_mod.Step, settings: dict, dependency: str | None) -> list[str]:
+    """Submit the pending phases of a step plus its finalize job; returns the job ids in order."""
+    run = step_mod.prepare(step)
+    logs = step.out / LOGS
+    logs.mkdir(parents=True, exist_ok=True)
+    jobs: list[str] = []
+    for k, phase in enumerate(run["phases"]):
+        todo = step_mod.pending_tasks(step.out, run, k)
+        if not todo:
+            continue
+        if max(todo) > MAX_ARRAY_INDEX:
+            raise UserError(f"{step.name}: {len(todo)} tasks exceed Slurm's array limit of {MAX_ARRAY_INDEX + 1}; use fewer, larger input files")
+        script = logs / f"{k}-{phase['name']}.sbatch"
+        script.write_text(phase_script(step, run, k, todo, settings, dependency))
+        dependency = sbatch(script)
+        jobs.append(dependency)
+    script = logs / "finalize.sbatch"
+    script.write_text(finalize_script(step, settings, dependency))
+    jobs.append(sbatch(script))
+    return jobs
+
+
+def _queue(job_ids: list[str]) -> dict[str, str]:
+    """job id -> 'STATE REASON' for our jobs still known to squeue."""
+    res = subprocess.run(["squeue", "-h", "-j", ",".join(job_ids), "-o", "%F %T %r"], capture_output=True, text=True)
+    out = {}
+    for line in res.stdout.splitlines():
+        parts = line.split(None, 2)
+        if len(parts) >= 2:
+            out[parts[0]] = " ".join(parts[1:])
+    return out
+
+
+def follow(steps: list[step_mod.Step], job_ids: list[str], poll_seconds: float = 2.0) -> None:
+    """Wait until our jobs leave the queue; cancel the rest when a dependency can never be met."""
+    done_steps: set[str] = set()
+    while True:
+        queue = _queue(job_ids)
+        for st in steps:
+            if st.name not in done_steps and (st.out / MANIFEST).exists():
+                done_steps.add(st.name)
+                log(f"{st.name}: done on slurm -> {st.out}")
+        if not queue:
+            break
+        if any("DependencyNeverSatisfied" in v for v in queue.values()):
+            subprocess.run(["scancel", *job_ids], capture_output=True)
+            break
+        time.sleep(poll_seconds)
+    failed = [st for st in steps if not (st.out / MANIFEST).exists()]
+    if failed:
+        raise SlurmFailed(_failure_report(failed[0]))
+
+
+def _failure_report(st: step_mod.Step) -> str:
+    run = step_mod.load_run(st.out)
+    for k, phase in enumerate(run["phases"]):
+        todo = step_mod.pending_tasks(st.out, run, k)
+        if todo:
+            pattern = "%j" if run["launcher"] == "torchrun" else str(todo[0])
+            log_path = st.out / LOGS / f"{phase['name']}-{pattern}.out"
+            return f"step {st.name}: {len(todo)} task(s) of phase {phase['name']} failed; first: task {todo[0]}, log {log_path}"
+    return f"step {st.name}: finalize failed; log {st.out / LOGS}/finalize-*.out"
+
+
+def submit_pipeline(pipe, built: dict, selected: list[str], force: bool = False, wait: bool = True):
+    """Submit every selected, non-fresh step in order, chained by afterok; follow them when wait is set."""
+    from llmpipe.runner import StepReport
+
+    if not slurm_available():
+        raise UserError("--executor slurm: sbatch/squeue not found on PATH; run on a Slurm login node or use --executor local")
+    settings = dict(pipe.slurm)
+    reports, submitted, job_ids = [], [], []
+    last_job: dict[str, str] = {}
+    for name in selected:
+        st = built[name]
+        state, why = step_mod.state(st)
+        upstream_jobs = [last_job[i] for i in pipe.steps[name].inputs if i in last_job]
+        if state == "fresh" and not force and not upstream_jobs:
+            log(f"{name}: fresh, skipped")
+            reports.append(StepReport(name, state, why, "skipped"))
+            continue
+        if force and st.out.exists():
+            shutil.rmtree(st.out)
+        jobs = submit_step(st, settings, ":".join(upstream_jobs) or None)
+        last_job[name] = jobs[-1]
+        job_ids += jobs
+        submitted.append(st)
+        log(f"{name}: submitted jobs {', '.join(jobs)} (scripts in {st.out / LOGS})")
+        reports.append(StepReport(name, state, why, "submitted"))
+    if wait and job_ids:
+        follow(submitted, job_ids)
+    return reports

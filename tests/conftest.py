@@ -1,0 +1,35 @@
+"""Shared fixtures: the real data in ../shared/data (skipped cleanly when absent) and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA} (the shared data folder sits beside the repository)")
+    return SHARED_DATA
+
+
+def run_cli(*args: str, cwd: Path, check: bool = False, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m llmpipe ARGS` in cwd as a user would; returns the completed process."""
+    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    res = subprocess.run([sys.executable, "-m", "llmpipe", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+    if check and res.returncode != 0:
+        raise AssertionError(f"llmpipe {' '.join(args)} exited {res.returncode}:\n{res.stdout}\n{res.stderr}")
+    return res
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
