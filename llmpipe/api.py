@@ -17,20 +17,38 @@ from llmpipe.log import log
 from llmpipe.registry import get_stage
 
 
-def build_step(name: str, stage_ref: str, inputs: Sequence[Input], output: Path, params: Mapping[str, Any], where: str) -> step_mod.Step:
-    """Validate params and the output path against the inputs; nothing is written here."""
+def build_step(
+    name: str, stage_ref: str, inputs: Sequence[Input], output: Path, params: Mapping[str, Any], where: str,
+    origins: Mapping[str, str] | None = None, flags: bool = False, output_where: str | None = None,
+) -> step_mod.Step:
+    """Validate params, input kinds and the output path against the inputs; nothing is written here."""
     stage = get_stage(stage_ref, where=f"{where} stage")
-    typed = params_from_mapping(stage.params, params, where=where, stage=stage.name)
+    typed = params_from_mapping(stage.params, params, where=where, stage=stage.name, origins=origins, flags=flags)
     out = Path(output).resolve()
+    output_where = output_where or f"{where} {'--output' if flags else 'output'}"
     for inp in inputs:
+        _check_input_kind(stage, inp, f"{where} {'--input' if flags else 'inputs'}")
         if inp.kind == "embedded":
             continue
-        roots = [Path(inp.path)] if inp.kind == "artifact" else [Path(f) for f in inp.files]
+        roots = [Path(inp.path).resolve()] if Path(inp.path).is_dir() else [Path(f) for f in inp.files]
         for root in roots:
             if dir_is_inside(root, out) or dir_is_inside(out, root):
-                raise InputError(f"{where} output: {out} overlaps its own input {root}; choose an output outside the inputs")
-    step_mod.check_output_is_ours(out, where)
+                raise InputError(f"{output_where}: {out} overlaps its own input {root}; choose an output outside the inputs")
+    step_mod.check_output_is_ours(out, output_where)
     return step_mod.Step(name, stage_ref, stage, typed, list(inputs), out)
+
+
+def _check_input_kind(stage, inp: Input, where: str) -> None:
+    """A stage that reads documents refuses raw files other than Parquet, with the stage to run first."""
+    accepts = stage.input_kinds
+    if "any" in accepts or (inp.kind in ("files", "embedded") and "raw" in accepts):
+        return
+    if inp.kind == "artifact" and inp.output_kind in accepts:
+        return
+    if inp.kind == "files" and "documents" in accepts and all(f.endswith(".parquet") for f in inp.files):
+        return
+    what = f"a {inp.output_kind} artifact" if inp.kind == "artifact" else "raw input"
+    raise InputError(f"{where}: {inp.path} is {what}, but stage \"{stage.name}\" reads {' or '.join(accepts)}; run ingest first")
 
 
 def array_shard() -> tuple[int, int] | None:
@@ -63,22 +81,35 @@ def execute(step: step_mod.Step, workers: int = 1, force: bool = False) -> dict:
     return manifest
 
 
-def _execute_shard(step: step_mod.Step, run: dict, index: int, count: int) -> dict:
-    """This array task runs tasks i with i % count == index of each phase, waiting for the others in between.
+def _execute_shard(step: step_mod.Step, run: dict, index: int, count: int) -> dict | None:
+    """One element of a hand-written Slurm array: claim tasks (its own share first, then any left over),
+    wait at each phase boundary for tasks other elements hold, and let the first to get there finalize.
 
-    All array tasks must be able to run at once (no `%` limit below the array size), since
-    each waits for the rest at every phase boundary; `llmpipe run --executor slurm` has no such limit.
+    Claiming instead of a fixed share means elements that start late (an array larger than the
+    free CPUs) find the work done instead of leaving the running ones waiting forever.
     """
     out = step.out
-    for k in range(len(run["phases"])):
-        run_phases(out, run, 1, f"{step.name} [shard {index}/{count}]", tasks_of=lambda p, todo, k=k: [t for t in todo if t % count == index] if p == k else [])
+    claims = out / "_tasks" / f".claims-{os.environ.get('SLURM_ARRAY_JOB_ID', 'local')}"
+    claims.mkdir(parents=True, exist_ok=True)
+    for k, phase in enumerate(run["phases"]):
+        todo = step_mod.pending_tasks(out, run, k)
+        for t in [t for t in todo if t % count == index] + [t for t in todo if t % count != index]:
+            if _claim(claims / f"{phase['name']}-{t:05d}"):
+                step_mod.run_task(out, k, t)
         while step_mod.pending_tasks(out, run, k):
-            time.sleep(1.0)
-    if index != 0:
-        while not (out / "_manifest.json").exists():
-            time.sleep(1.0)
-        return step_mod.read_json(out / "_manifest.json")
+            time.sleep(0.5)
+    if (out / "_manifest.json").exists() or not _claim(claims / "finalize"):
+        log(f"{step.name} [shard {index}/{count}]: done, another array task writes the manifest")
+        return None
     return step_mod.finalize(out)
+
+
+def _claim(path: Path) -> bool:
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
 
 
 def run_stage(
@@ -88,16 +119,20 @@ def run_stage(
     *,
     workers: int = 1,
     force: bool = False,
+    _flags: bool = False,
     **params: Any,
-) -> dict:
+) -> dict | None:
     """Run stage `name` on `inputs` (artifacts, files, globs) into `output`; returns the manifest.
 
     >>> run_stage("dedup", ["runs/docs"], "runs/deduped", normalize=True)
+
+    Returns None only inside a hand-written Slurm array element whose peer writes the manifest.
+    `_flags` makes messages name CLI options (--min-chars) rather than params, for the CLI.
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     if not inputs:
         raise ConfigError(f"{name}: at least one --input is required")
     resolved = [resolve_input(str(i), where=f"{name} --input") for i in inputs]
-    step = build_step(name, name, resolved, Path(output), params, where=name)
+    step = build_step(name, name, resolved, Path(output), params, where=name, flags=_flags)
     return execute(step, workers=workers, force=force)

@@ -65,10 +65,19 @@ def stage_command(stage_name: str) -> click.Command:
         ctx = click.get_current_context()
         given = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()
                  if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
-        manifest = run_stage(stage_name, list(inputs), output, workers=workers, force=force, **given)
-        _print_counts(manifest)
+        manifest = run_stage(stage_name, list(inputs), output, workers=workers, force=force, _flags=True, **given)
+        if manifest is not None:  # None: a Slurm array element whose peer writes the manifest
+            _print_counts(manifest)
 
-    return click.Command(stage_name, params=params, callback=callback, help=stage.doc, short_help=stage.summary)
+    return click.Command(stage_name, params=params, callback=callback, help=_keep_examples(stage.doc), short_help=stage.summary)
+
+
+def _keep_examples(doc: str) -> str:
+    """Mark indented example blocks so click prints them as written instead of re-wrapping them."""
+    import inspect
+
+    blocks = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join("\b\n" + b if any(line.startswith("    ") for line in b.splitlines()) else b for b in blocks)
 
 
 def _print_counts(manifest: dict) -> None:
@@ -189,8 +198,12 @@ def list_stages():
 
 def main() -> None:
     try:
-        cli.main(standalone_mode=False)
+        cli.main(prog_name="llmpipe", standalone_mode=False)
     except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.UsageError as e:  # one line like every other user mistake
+        cmd = e.ctx.command_path if e.ctx else "llmpipe"
+        click.echo(f"error: {e.format_message()} (see {cmd} --help)", err=True)
         sys.exit(e.exit_code)
     except click.ClickException as e:
         e.show()

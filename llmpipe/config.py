@@ -107,26 +107,35 @@ def param_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def params_from_mapping(cls: type, values: Mapping[str, Any], where: str, stage: str) -> Any:
-    """Build a Params dataclass from user values; unknown, missing and mistyped keys are ConfigErrors."""
+def params_from_mapping(cls: type, values: Mapping[str, Any], where: str, stage: str, origins: Mapping[str, str] | None = None, flags: bool = False) -> Any:
+    """Build a Params dataclass from user values; unknown, missing and mistyped keys are ConfigErrors.
+
+    Messages read `<where> <key>: ...`; `origins` names keys that came from elsewhere (a --set flag),
+    and `flags` spells keys as the CLI options the user typed (--min-chars).
+    """
     types_ = param_types(cls)
+
+    def at(key: str) -> str:
+        if origins and key in origins:
+            return origins[key]
+        return f"{where} {'--' + key.replace('_', '-') if flags else key}"
+
     kwargs = {}
     for key, value in values.items():
         if key not in types_:
-            raise ConfigError(
-                f'{where} {key}: unknown parameter for stage "{stage}"{did_you_mean(key, types_)}'
-            )
+            raise ConfigError(f'{at(key)}: unknown parameter for stage "{stage}"{did_you_mean(key, types_)}')
         out = coerce(value, types_[key])
         if out is _MISMATCH:
-            raise ConfigError(f"{where} {key}: expected {type_name(types_[key])}, got {_describe(value)}")
+            raise ConfigError(f"{at(key)}: expected {type_name(types_[key])}, got {_describe(value)}")
         kwargs[key] = out
     for f in dataclasses.fields(cls):
         if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{where} {f.name}: required parameter of stage \"{stage}\" is missing")
     try:
         return cls(**kwargs)
-    except ValueError as e:  # cross-field checks in __post_init__ say which key
-        raise ConfigError(f"{where} {e}") from None
+    except ValueError as e:  # cross-field checks in __post_init__ start with the key: "min_chars: ..."
+        key, sep, rest = str(e).partition(": ")
+        raise ConfigError(f"{at(key)}: {rest}" if sep and key in types_ else f"{where} {e}") from None
 
 
 def parse_cli_value(text: str) -> Any:

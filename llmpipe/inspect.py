@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.markup import escape
 
 from llmpipe.artifacts.manifest import read_manifest
-from llmpipe.log import console
+from llmpipe.log import stdout as console
 
 
 def inspect_artifact(path: Path, rows: int = 3) -> None:

@@ -10,7 +10,8 @@ from typing import Callable, Iterator
 
 from rich.console import Console
 
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False)  # logs and progress
+stdout = Console(highlight=False, soft_wrap=True)  # results: status tables, inspect
 
 
 def is_rank0() -> bool:

@@ -40,6 +40,8 @@ class StepSpec:
     inputs: list[str]
     params: dict[str, Any]
     where: str
+    stage_given: bool = True
+    origins: dict[str, str] = field(default_factory=dict)  # key -> "--set ..." for overridden params
 
 
 @dataclass
@@ -96,7 +98,7 @@ def load_pipeline(path: str | Path, overrides: list[str] = ()) -> Pipeline:
             raise ConfigError(f"{where}: stage must be a string and inputs a list of strings")
         if not inputs:
             raise ConfigError(f"{where} inputs: a step needs inputs (earlier steps or paths)")
-        pipe.steps[step_name] = StepSpec(step_name, stage_ref, list(inputs), table, where)
+        pipe.steps[step_name] = StepSpec(step_name, stage_ref, list(inputs), table, where, stage_given="stage" in steps[step_name])
     _apply_overrides(pipe, overrides)
     pipe.steps = {n: pipe.steps[n] for n in _topological_order(pipe)}
     return pipe
@@ -107,7 +109,7 @@ def _apply_overrides(pipe: Pipeline, overrides: list[str]) -> None:
         target, eq, value = item.partition("=")
         step_name, dot, key = target.partition(".")
         if not eq or not dot or not key:
-            raise ConfigError(f'--set {item}: expected STEP.KEY=VALUE, for example dedup.threshold=0.85')
+            raise ConfigError(f'--set {item}: expected STEP.KEY=VALUE, for example dedup.normalize=false')
         if step_name not in pipe.steps:
             raise ConfigError(f'--set {item}: no step "{step_name}" in {pipe.path}{did_you_mean(step_name, pipe.steps)}')
         spec = pipe.steps[step_name]
@@ -115,6 +117,7 @@ def _apply_overrides(pipe: Pipeline, overrides: list[str]) -> None:
             spec.inputs = [str(v) for v in (parse_cli_value(value) if value.startswith("[") else [value])]
         else:
             spec.params[key] = parse_cli_value(value)
+            spec.origins[key] = f"--set {item}"
 
 
 def _step_refs(pipe: Pipeline, spec: StepSpec) -> list[str]:
@@ -130,7 +133,7 @@ def _topological_order(pipe: Pipeline) -> list[str]:
             return
         if state.get(name) == "visiting":
             cycle = trail[trail.index(name):] + [name]
-            raise ConfigError(f"{pipe.path}: steps form a cycle: {' -> '.join(cycle)}")
+            raise ConfigError(f"{pipe.steps[cycle[0]].where} inputs: steps form a cycle: {' -> '.join(cycle)}")
         state[name] = "visiting"
         for dep in _step_refs(pipe, pipe.steps[name]):
             visit(dep, trail + [name])
@@ -181,7 +184,15 @@ def build_steps(pipe: Pipeline) -> dict[str, Step]:
     built: dict[str, Step] = {}
     for name, spec in pipe.steps.items():
         inputs = [_resolve_step_input(pipe, spec, ref, built) for ref in spec.inputs]
-        built[name] = build_step(name, spec.stage_ref, inputs, pipe.workdir / name, spec.params, spec.where)
+        if not spec.stage_given:
+            from llmpipe.registry import builtin_stages
+
+            if spec.stage_ref not in builtin_stages():
+                raise ConfigError(f'{spec.where}: no stage = "..." is set and "{spec.stage_ref}" is not a stage{did_you_mean(spec.stage_ref, builtin_stages())}')
+        built[name] = build_step(
+            name, spec.stage_ref, inputs, pipe.workdir / name, spec.params, spec.where, origins=spec.origins,
+            output_where=f"{pipe.path} [pipeline] workdir",
+        )
     return built
 
 

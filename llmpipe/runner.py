@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llmpipe import api, step as step_mod
-from llmpipe.log import console, log
+from llmpipe.log import log, stdout
 from llmpipe.pipeline import Pipeline, build_steps, check_upstream_ready, refresh_inputs, select_steps
 
 
@@ -42,7 +42,7 @@ def print_status(reports: list[StepReport]) -> None:
     colors = {"fresh": "green", "stale": "yellow", "incomplete": "yellow", "missing": "red"}
     for r in reports:
         why = f" ({r.why})" if r.why else ""
-        console.print(f"  [{colors[r.state]}]{r.state:<10}[/] {r.name}{why}", highlight=False)
+        stdout.print(f"  [{colors[r.state]}]{r.state:<10}[/] {r.name}{why}", highlight=False)
 
 
 def run_pipeline(

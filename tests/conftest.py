@@ -33,3 +33,23 @@ def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
+
+
+def make_jsonl_corpus(shared: Path, dest: Path, n_files: int, copies: int = 1) -> list[Path]:
+    """Split the real C4 sample into n_files JSONL files; `copies` repeats each document with a new id
+    (so files can be made large enough for a run to be killed halfway)."""
+    import json
+
+    lines = (shared / "text" / "c4_demo.jsonl").read_text().splitlines()
+    dest.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k in range(n_files):
+        path = dest / f"shard-{k:02d}.jsonl"
+        with open(path, "w") as f:
+            for c in range(copies):
+                for i, line in enumerate(lines[k::n_files]):
+                    doc = json.loads(line)
+                    doc["id"] = f"{k}-{c}-{i}"
+                    f.write(json.dumps(doc) + "\n")
+        paths.append(path)
+    return paths

@@ -25,13 +25,11 @@ def _run_one(out: str, phase: int, task: int) -> None:
     step_mod.run_task(Path(out), phase, task)
 
 
-def run_phases(out: Path, run: dict, workers: int, label: str, tasks_of=None) -> None:
-    """Run every pending task of every phase in order; `tasks_of(phase, pending)` narrows to a shard."""
+def run_phases(out: Path, run: dict, workers: int, label: str) -> None:
+    """Run every pending task of every phase in order."""
     remove_temporaries(out)
     for k, phase in enumerate(run["phases"]):
         todo = step_mod.pending_tasks(out, run, k)
-        if tasks_of is not None:
-            todo = tasks_of(k, todo)
         if not todo:
             continue
         desc = label + (f" \\[{phase['name']}]" if len(run["phases"]) > 1 else "")
