@@ -1,0 +1,77 @@
+"""ingest: JSONL/Parquet/text/embedded inputs, stable ids, bad records counted and skipped."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+import llmpipe
+from llmpipe.errors import DataError
+from tests.test_resume import rows
+
+
+def test_jsonl_plain_gz_zst_parquet_text(tmp_path):
+    lines = [json.dumps({"text": f"document number {i}", "url": f"https://x/{i}"}) for i in range(3)]
+    (tmp_path / "a.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    (tmp_path / "c.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(("\n".join(lines) + "\n").encode()))
+    pq.write_table(pa.table({"text": ["from parquet"], "id": ["own-id"]}), tmp_path / "d.parquet")
+    (tmp_path / "e.txt").write_text("first block\n\nsecond block\n")
+    m = llmpipe.run_stage("ingest", [str(tmp_path / "*.*")], tmp_path / "out", text_split="blank_line")
+    docs = rows(tmp_path / "out")
+    assert m["counts"]["documents"] == 12 and len(docs) == 12
+    assert [d["text"] for d in docs[-3:]] == ["from parquet", "first block", "second block"]
+    assert docs[0]["url"] == "https://x/0" and docs[0]["source"] == "a"
+    assert docs[9]["id"] == "own-id"
+    ids = [d["id"] for d in docs]
+    assert len(set(ids)) == 12
+    again = llmpipe.run_stage("ingest", [str(tmp_path / "*.*")], tmp_path / "out2", text_split="blank_line")
+    assert [d["id"] for d in rows(tmp_path / "out2")] == ids and again["fingerprint"] == m["fingerprint"]
+
+
+def test_bad_records_are_counted_not_fatal(tmp_path):
+    good = [json.dumps({"text": f"doc {i}"}) for i in range(20)]
+    (tmp_path / "a.jsonl").write_text("\n".join(good[:10] + ['{"text": broken', '{"no_text": 1}', "[1, 2]"] + good[10:]) + "\n")
+    (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(("\n".join(good) + "\n").encode())[:-30])  # truncated gzip
+    (tmp_path / "c.txt").write_bytes(b"\xff\xfe not utf-8 \xc3\x28")
+    (tmp_path / "d.warc").write_bytes(b"WARC/1.0\r\n")
+    m = llmpipe.run_stage("ingest", [str(tmp_path)], tmp_path / "../out", max_bad_fraction=0.5)
+    skipped = m["stats"]["skipped"]
+    assert skipped == {"bad_json": 1, "no_text": 2, "truncated_file": 1, "bad_utf8": 1, "unsupported_format": 1}
+    assert m["counts"]["documents"] == len(rows(tmp_path / "../out")) >= 20  # a, plus what b held before its cut
+    assert m["stats"]["samples"]["bad_json"] == ["a.jsonl:11"]
+
+
+def test_too_many_bad_records_fail_the_stage_without_a_manifest(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"text": "ok"}\nnot json\nnot json\n')
+    with pytest.raises(DataError, match=r"2 of 3 records were bad \(bad_json=2\), more than max_bad_fraction=0.1"):
+        llmpipe.run_stage("ingest", [str(tmp_path / "a.jsonl")], tmp_path / "out")
+    assert not (tmp_path / "out" / "_manifest.json").exists()
+
+
+def test_length_bounds_are_drops_not_bad_data(tmp_path):
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in ["x", "   ", "long enough text", "y" * 50]) + "\n")
+    m = llmpipe.run_stage("ingest", [str(tmp_path / "a.jsonl")], tmp_path / "out", min_chars=5, max_chars=40)
+    assert m["counts"]["documents"] == 1
+    assert m["stats"]["dropped"] == {"too_short": 2, "too_large": 1} and m["stats"]["skipped"] == {}
+
+
+def test_embedded_sources_are_real_text_with_no_download(tmp_path):
+    m = llmpipe.run_stage("ingest", ["embedded:python-docs", "embedded:package-docs"], tmp_path / "out", min_chars=200)
+    docs = rows(tmp_path / "out")
+    sources = {d["source"] for d in docs}
+    assert sources == {"python-docs", "package-docs"}
+    by_id = {d["id"]: d["text"] for d in docs}
+    assert "assert" in by_id["python-docs/assert"]
+    assert any(i.startswith("package-docs/") for i in by_id)
+    assert m["counts"]["chars"] > 300_000
+
+
+def test_real_c4_sample(tmp_path, shared_data):
+    m = llmpipe.run_stage("ingest", [str(shared_data / "text/c4_demo.jsonl")], tmp_path / "out")
+    assert m["counts"]["documents"] == 300 and m["stats"]["skipped"] == {}
