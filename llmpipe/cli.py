@@ -172,8 +172,9 @@ def inspect(artifact, rows):
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--phase", type=int)
 @click.option("--task", type=int, help="Task index; default: $SLURM_ARRAY_TASK_ID.")
+@click.option("--task-offset", type=int, default=0, help="Added to $SLURM_ARRAY_TASK_ID (arrays past Slurm's size limit).")
 @click.option("--finalize", is_flag=True, help="Write the manifest once every task is recorded.")
-def task(out, phase, task, finalize):
+def task(out, phase, task, task_offset, finalize):
     """Run one task of a prepared step (used by executors: process pool, Slurm, torchrun)."""
     import os
 
@@ -183,7 +184,7 @@ def task(out, phase, task, finalize):
         step_mod.finalize(out)
         return
     if task is None:
-        task = int(os.environ["SLURM_ARRAY_TASK_ID"])
+        task = int(os.environ["SLURM_ARRAY_TASK_ID"]) + task_offset
     step_mod.run_task(out, phase, task)
 
 

@@ -28,7 +28,7 @@ from llmpipe.step import Step
 PIPELINE_KEYS: dict[str, Any] = {"name": str, "workdir": str, "executor": str, "workers": int, "slurm": dict}
 SLURM_KEYS: dict[str, Any] = {
     "partition": str, "time": str, "cpus_per_task": int, "mem": str, "array_parallelism": int,
-    "account": str, "qos": str, "gpus_per_node": int, "nodes": int, "extra_sbatch": list, "python": str, "setup": str,
+    "account": str, "qos": str, "max_array_size": int, "gpus_per_node": int, "nodes": int, "extra_sbatch": list, "python": str, "setup": str,
 }
 EXECUTORS = ("local", "slurm")
 

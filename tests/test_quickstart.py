@@ -19,7 +19,8 @@ def test_quickstart_pipeline_end_to_end(tmp_path):
     steps = list(tomllib.loads(pipeline.read_text())["steps"])
     for step in steps:
         manifest = json.loads((work / step / "_manifest.json").read_text())
-        assert manifest["counts"]["documents"] > 500, (step, manifest["counts"])
+        # ~480 documents (2 MB) in a bare venv, more where more packages are installed
+        assert manifest["counts"]["documents"] > 300, (step, manifest["counts"])
     assert first.stderr.count("running") == len(steps)
     second = run_cli("run", str(pipeline), cwd=tmp_path, check=True)
     assert second.stderr.count("fresh, skipped") == len(steps)

@@ -50,7 +50,8 @@ def test_slurm_executor_matches_local(tmp_path, shared_data):
     # a duplicate across files, so dedup's three phases all have work to do
     corpus[3].write_text(corpus[3].read_text() + corpus[0].read_text().splitlines()[0] + "\n")
     write(tmp_path / "local.toml", PIPELINE.format(name="local", executor="local", repo=REPO))
-    write(tmp_path / "slurm.toml", PIPELINE.format(name="slurm", executor="slurm", repo=REPO))
+    # max_array_size = 3 makes each 4-task phase two arrays (tasks 0-2, and 3 with --task-offset 3)
+    write(tmp_path / "slurm.toml", PIPELINE.format(name="slurm", executor="slurm", repo=REPO).replace("[pipeline.slurm]", "[pipeline.slurm]\nmax_array_size = 3"))
     run_cli("run", "local.toml", cwd=tmp_path, check=True)
     res = run_cli("run", "slurm.toml", cwd=tmp_path, check=True)
     assert "submitted jobs" in res.stderr
@@ -61,7 +62,9 @@ def test_slurm_executor_matches_local(tmp_path, shared_data):
         slurm = json.loads((tmp_path / "runs/slurm" / step / "_manifest.json").read_text())
         assert slurm["fingerprint"] == local["fingerprint"] and slurm["counts"] == local["counts"]
     assert json.loads((tmp_path / "runs/slurm/dedup/_manifest.json").read_text())["counts"]["removed"] == 1
-    assert (tmp_path / "runs/slurm/dedup/_logs/2-filter.sbatch").read_text().count("#SBATCH --array=0-3%2") == 1
+    assert "#SBATCH --array=0-2%2" in (tmp_path / "runs/slurm/dedup/_logs/2-filter.sbatch").read_text()
+    assert "#SBATCH --array=0%2" in (tmp_path / "runs/slurm/dedup/_logs/2-filter-3.sbatch").read_text()
+    assert (tmp_path / "runs/slurm/dedup/_logs/filter-3+0.out").exists()
 
     again = run_cli("run", "slurm.toml", cwd=tmp_path, check=True)
     assert again.stderr.count("fresh, skipped") == 2 and "submitted" not in again.stderr

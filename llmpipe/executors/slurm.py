@@ -23,7 +23,7 @@ from llmpipe.errors import UserError
 from llmpipe.executors.torchrun import nproc_of, slurm_command
 from llmpipe.log import log
 
-MAX_ARRAY_INDEX = 1000  # Slurm's default MaxArraySize is 1001
+MAX_ARRAY_SIZE = 1001  # Slurm's default; larger phases go as several arrays, each with a task offset
 
 
 class SlurmFailed(Exception):
@@ -65,7 +65,7 @@ def _body(settings: dict, command: str) -> list[str]:
     return lines + [command, ""]
 
 
-def phase_script(step: step_mod.Step, run: dict, phase: int, todo: list[int], settings: dict, dependency: str | None) -> str:
+def phase_script(step: step_mod.Step, run: dict, phase: int, todo: list[int], settings: dict, dependency: str | None, offset: int = 0) -> str:
     out, python = step.out, settings.get("python", sys.executable)
     name = f"llmpipe-{step.name}-{run['phases'][phase]['name']}"
     if run["launcher"] == "torchrun":
@@ -75,11 +75,12 @@ def phase_script(step: step_mod.Step, run: dict, phase: int, todo: list[int], se
         if settings.get("gpus_per_node"):
             lines.append(f"#SBATCH --gpus-per-node={settings['gpus_per_node']}")
         return "\n".join(lines + _body(settings, slurm_command(out, phase, todo[0], nproc_of(run), python)))
-    lines = _header(settings, name, str(out / LOGS / f"{run['phases'][phase]['name']}-%a.out"), dependency)
+    log_name = f"{run['phases'][phase]['name']}-" + (f"{offset}+%a.out" if offset else "%a.out")
+    lines = _header(settings, name, str(out / LOGS / log_name), dependency)
     limit = settings.get("array_parallelism")
-    lines += [f"#SBATCH --array={compress_ranges(todo)}" + (f"%{limit}" if limit else ""),
+    lines += [f"#SBATCH --array={compress_ranges([t - offset for t in todo])}" + (f"%{limit}" if limit else ""),
               f"#SBATCH --cpus-per-task={settings.get('cpus_per_task', 1)}", "#SBATCH --ntasks=1"]
-    command = f"exec {shlex.quote(python)} -m llmpipe task {shlex.quote(str(out))} --phase {phase}"
+    command = f"exec {shlex.quote(python)} -m llmpipe task {shlex.quote(str(out))} --phase {phase}" + (f" --task-offset {offset}" if offset else "")
     return "\n".join(lines + _body(settings, command))
 
 
@@ -107,12 +108,15 @@ def submit_step(step: step_mod.Step, settings: dict, dependency: str | None) -> 
         todo = step_mod.pending_tasks(step.out, run, k)
         if not todo:
             continue
-        if max(todo) > MAX_ARRAY_INDEX:
-            raise UserError(f"{step.name}: {len(todo)} tasks exceed Slurm's array limit of {MAX_ARRAY_INDEX + 1}; use fewer, larger input files")
-        script = logs / f"{k}-{phase['name']}.sbatch"
-        script.write_text(phase_script(step, run, k, todo, settings, dependency))
-        dependency = sbatch(script)
-        jobs.append(dependency)
+        phase_jobs = []
+        size = settings.get("max_array_size", MAX_ARRAY_SIZE)
+        for offset in sorted({t // size * size for t in todo}):
+            chunk = [t for t in todo if offset <= t < offset + size]
+            script = logs / (f"{k}-{phase['name']}.sbatch" if not offset else f"{k}-{phase['name']}-{offset}.sbatch")
+            script.write_text(phase_script(step, run, k, chunk, settings, dependency, offset))
+            phase_jobs.append(sbatch(script))
+        jobs += phase_jobs
+        dependency = ":".join(phase_jobs)
     script = logs / "finalize.sbatch"
     script.write_text(finalize_script(step, settings, dependency))
     jobs.append(sbatch(script))
@@ -130,7 +134,7 @@ def _queue(job_ids: list[str]) -> dict[str, str]:
     return out
 
 
-def follow(steps: list[step_mod.Step], job_ids: list[str], poll_seconds: float = 2.0) -> None:
+def follow(steps: list[step_mod.Step], job_ids: list[str], settings: dict, poll_seconds: float = 2.0) -> None:
     """Wait until our jobs leave the queue; cancel the rest when a dependency can never be met."""
     done_steps: set[str] = set()
     while True:
@@ -147,15 +151,17 @@ def follow(steps: list[step_mod.Step], job_ids: list[str], poll_seconds: float =
         time.sleep(poll_seconds)
     failed = [st for st in steps if not (st.out / MANIFEST).exists()]
     if failed:
-        raise SlurmFailed(_failure_report(failed[0]))
+        raise SlurmFailed(_failure_report(failed[0], settings))
 
 
-def _failure_report(st: step_mod.Step) -> str:
+def _failure_report(st: step_mod.Step, settings: dict) -> str:
     run = step_mod.load_run(st.out)
+    size = settings.get("max_array_size", MAX_ARRAY_SIZE)
     for k, phase in enumerate(run["phases"]):
         todo = step_mod.pending_tasks(st.out, run, k)
         if todo:
-            pattern = "%j" if run["launcher"] == "torchrun" else str(todo[0])
+            t, offset = todo[0], todo[0] // size * size
+            pattern = "<jobid>" if run["launcher"] == "torchrun" else (f"{offset}+{t - offset}" if offset else str(t))
             log_path = st.out / LOGS / f"{phase['name']}-{pattern}.out"
             return f"step {st.name}: {len(todo)} task(s) of phase {phase['name']} failed; first: task {todo[0]}, log {log_path}"
     return f"step {st.name}: finalize failed; log {st.out / LOGS}/finalize-*.out"
@@ -187,5 +193,5 @@ def submit_pipeline(pipe, built: dict, selected: list[str], force: bool = False,
         log(f"{name}: submitted jobs {', '.join(jobs)} (scripts in {st.out / LOGS})")
         reports.append(StepReport(name, state, why, "submitted"))
     if wait and job_ids:
-        follow(submitted, job_ids)
+        follow(submitted, job_ids, settings)
     return reports

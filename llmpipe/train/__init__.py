@@ -1,0 +1,1 @@
+"""Training building blocks shared by pretrain, SFT and DPO."""
