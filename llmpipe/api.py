@@ -12,7 +12,7 @@ from llmpipe.config import params_from_mapping
 from llmpipe.errors import ConfigError, InputError
 from llmpipe.executors.local import run_phases
 from llmpipe.fingerprint import dir_is_inside
-from llmpipe.inputs import Input, resolve_input
+from llmpipe.inputs import BUILTIN_PREFIX, Input, resolve_input
 from llmpipe.log import log
 from llmpipe.registry import get_stage
 
@@ -35,7 +35,16 @@ def build_step(
             if dir_is_inside(root, out) or dir_is_inside(out, root):
                 raise InputError(f"{output_where}: {out} overlaps its own input {root}; choose an output outside the inputs")
     step_mod.check_output_is_ours(out, output_where)
-    return step_mod.Step(name, stage_ref, stage, typed, list(inputs), out)
+    param_fps = {}
+    for key in stage.path_params:
+        value = getattr(typed, key)
+        if value and not value.startswith(BUILTIN_PREFIX):
+            param_fps[key] = resolve_input(value, where=f"{where} {'--' + key.replace('_', '-') if flags else key}").fingerprint
+    try:  # a plan that cannot be made (labels that do not match the inputs, ...) is a user error
+        stage.plan(typed, list(inputs))
+    except ValueError as e:
+        raise ConfigError(f"{where} {e}") from None
+    return step_mod.Step(name, stage_ref, stage, typed, list(inputs), out, param_fps)
 
 
 def _check_input_kind(stage, inp: Input, where: str) -> None:

@@ -69,7 +69,7 @@ def stage_command(stage_name: str) -> click.Command:
         if manifest is not None:  # None: a Slurm array element whose peer writes the manifest
             _print_counts(manifest)
 
-    return click.Command(stage_name, params=params, callback=callback, help=_keep_examples(stage.doc), short_help=stage.summary)
+    return click.Command(stage_name.replace("_", "-"), params=params, callback=callback, help=_keep_examples(stage.doc), short_help=stage.summary)
 
 
 def _keep_examples(doc: str) -> str:
@@ -92,7 +92,7 @@ class LlmpipeGroup(click.Group):
     def list_commands(self, ctx):
         from llmpipe.registry import builtin_stages
 
-        return sorted(super().list_commands(ctx)) + sorted(builtin_stages())
+        return sorted(super().list_commands(ctx)) + sorted(n.replace("_", "-") for n in builtin_stages())
 
     def get_command(self, ctx, name):
         cmd = super().get_command(ctx, name)
@@ -100,8 +100,8 @@ class LlmpipeGroup(click.Group):
             return cmd
         from llmpipe.registry import builtin_stages
 
-        if name in builtin_stages():
-            return stage_command(name)
+        if name.replace("-", "_") in builtin_stages():
+            return stage_command(name.replace("-", "_"))
         return None
 
     def resolve_command(self, ctx, args):

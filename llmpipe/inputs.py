@@ -17,7 +17,8 @@ from llmpipe.artifacts.manifest import read_manifest
 from llmpipe.errors import InputError
 from llmpipe.fingerprint import embedded_fingerprint, files_fingerprint
 
-EMBEDDED_PREFIX = "embedded:"
+EMBEDDED_PREFIX = "embedded:"  # inputs: text that ships with Python (see llmpipe/readers/embedded.py)
+BUILTIN_PREFIX = "builtin:"  # path params: a model that ships with an installed package
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,9 @@ class Stage:
     output_kind: str = "documents"
     launcher: Literal["local", "torchrun"] = "local"
     input_kinds: tuple[str, ...] = ("documents",)
+    # params that name a file or artifact the stage reads (a model, a tokenizer): checked to exist
+    # before anything runs, and their fingerprints join the step's
+    path_params: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -61,6 +64,7 @@ def builtin_stages() -> dict[str, str]:
 def get_stage(name: str, where: str = "stage") -> Stage:
     """Look a stage up by name (built-in) or module path (custom); unknown names get a suggestion."""
     builtins = builtin_stages()
+    name = name.replace("-", "_") if name.replace("-", "_") in builtins else name  # CLI spelling
     module_name = builtins.get(name)
     if module_name is None and "." not in name:
         raise ConfigError(f'{where}: unknown stage "{name}"{did_you_mean(name, builtins)}')

@@ -13,7 +13,7 @@ import fcntl
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -36,6 +36,7 @@ class Step:
     params: Any
     inputs: list[Input]
     out: Path
+    param_fingerprints: dict[str, str] = field(default_factory=dict)  # path params -> fingerprint of what they name
 
     @property
     def params_dict(self) -> dict:
@@ -43,7 +44,8 @@ class Step:
 
     @property
     def fingerprint(self) -> str:
-        return fingerprint(self.stage.name, self.stage.version, self.params_dict, [i.fingerprint for i in self.inputs])
+        extra = [f"{k}={v}" for k, v in sorted(self.param_fingerprints.items())]
+        return fingerprint(self.stage.name, self.stage.version, self.params_dict, [i.fingerprint for i in self.inputs] + extra)
 
     def plan(self) -> Plan:
         return self.stage.plan(self.params, self.inputs)
@@ -56,6 +58,7 @@ class Step:
             "params": self.params_dict,
             "fingerprint": self.fingerprint,
             "inputs": [i.to_json() for i in self.inputs],
+            "param_fingerprints": self.param_fingerprints,
             "phases": [{"name": name, "tasks": tasks} for name, tasks in plan.phases],
             "files": plan.files,
             "launcher": self.stage.launcher,
@@ -116,6 +119,9 @@ def _why_stale(manifest: dict, step: Step) -> str:
     old_inputs = [i.get("fingerprint") for i in manifest.get("inputs", [])]
     if old_inputs != [i.fingerprint for i in step.inputs]:
         return "inputs changed"
+    changed = sorted(k for k, v in step.param_fingerprints.items() if manifest.get("param_fingerprints", {}).get(k) != v)
+    if changed:
+        return "file named by " + ", ".join(changed) + " changed"
     return "fingerprint changed"
 
 
@@ -214,6 +220,7 @@ def finalize(out: Path) -> dict:
         "params": run["params"],
         "fingerprint": run["fingerprint"],
         "inputs": [{"path": i["path"], "kind": i["kind"], "fingerprint": i["fingerprint"]} for i in run["inputs"]],
+        "param_fingerprints": run.get("param_fingerprints", {}),
         "output_kind": run["output_kind"],
         "files": run["files"],
         "llmpipe_version": llmpipe.__version__,

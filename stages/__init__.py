@@ -3,4 +3,6 @@
 STAGES = {
     "ingest": "stages.ingest",
     "dedup": "stages.dedup",
+    "classify": "stages.classify",
+    "train_classifier": "stages.train_classifier",
 }

@@ -11,6 +11,7 @@ UTF-8, missing text, empty or giant documents) are counted by reason and skipped
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Iterator, Literal
@@ -72,7 +73,10 @@ def _records(source: str, params: Params, stats: TaskStats) -> Iterator[dict]:
         own_id = obj.get(params.id_key)
         doc_id = str(own_id) if own_id not in (None, "") else hashlib.sha1(f"{source}:{n}".encode()).hexdigest()[:20]
         url = obj.get(params.url_key)
-        yield {"id": doc_id, "text": obj[params.text_key], "url": url if isinstance(url, str) else None, "source": obj.get("source") if isinstance(obj.get("source"), str) else stem}
+        source_name = obj.get("source") if isinstance(obj.get("source"), str) else stem
+        rest = {k: v for k, v in obj.items() if k not in (params.text_key, params.id_key, params.url_key, "source")}
+        yield {"id": doc_id, "text": obj[params.text_key], "url": url if isinstance(url, str) else None, "source": source_name,
+               "metadata": json.dumps(rest, ensure_ascii=False, default=str) if rest else None}
 
 
 def read_task(ctx, task: dict) -> dict:
@@ -104,6 +108,6 @@ def finalize(ctx, stats: dict, records: dict) -> dict:
 
 
 STAGE = Stage(
-    name="ingest", version=1, params=Params, doc=__doc__, plan=plan, run_task={"read": read_task},
+    name="ingest", version=2, params=Params, doc=__doc__, plan=plan, run_task={"read": read_task},
     finalize=finalize, output_kind="documents", input_kinds=("raw", "documents"),
 )

@@ -1,4 +1,6 @@
-"""Document artifacts: Parquet parts (zstd), one row per document: id, text, url, source, ...
+"""Document artifacts: Parquet parts (zstd), one row per document: id, text, url, source, metadata, ...
+
+`metadata` is a JSON object (as a string) of whatever else the source record carried.
 
 Readers stream record batches so memory stays bounded by the batch, not the corpus. Writers
 buffer a row group, write it, and rename the part into place only when it is complete.
@@ -20,6 +22,7 @@ BASE_SCHEMA = pa.schema(
         pa.field("text", pa.string(), nullable=False),
         pa.field("url", pa.string()),
         pa.field("source", pa.string()),
+        pa.field("metadata", pa.string()),
     ]
 )
 ROW_GROUP_BYTES = 64 << 20

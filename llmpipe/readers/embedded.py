@@ -34,7 +34,7 @@ def _python_docs() -> Iterator[dict]:
     except ImportError:  # some distributions split pydoc_data out
         return
     for key in sorted(topics):
-        yield {"id": f"python-docs/{key}", "text": topics[key], "url": f"pydoc:{key}", "source": "python-docs"}
+        yield {"id": f"python-docs/{key}", "text": topics[key], "url": f"pydoc:{key}", "source": "python-docs", "metadata": None}
 
 
 def _stdlib_docstrings() -> Iterator[dict]:
@@ -49,7 +49,7 @@ def _stdlib_docstrings() -> Iterator[dict]:
             text = _docstrings_of(path)
             if text:
                 rel = os.path.relpath(path, root)
-                yield {"id": f"stdlib/{rel}", "text": text, "url": f"file:{rel}", "source": "stdlib-docstrings"}
+                yield {"id": f"stdlib/{rel}", "text": text, "url": f"file:{rel}", "source": "stdlib-docstrings", "metadata": None}
 
 
 def _docstrings_of(path: str) -> str:
@@ -77,4 +77,4 @@ def _package_docs() -> Iterator[dict]:
         seen.add(name.lower())
         text = dist.metadata.get_payload() or dist.metadata.get("Description") or ""
         if len(text.strip()) > 200:
-            yield {"id": f"package-docs/{name}", "text": text, "url": f"pypi:{name}", "source": "package-docs"}
+            yield {"id": f"package-docs/{name}", "text": text, "url": f"pypi:{name}", "source": "package-docs", "metadata": None}

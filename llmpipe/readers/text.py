@@ -6,6 +6,7 @@ import gzip
 import io
 import json
 import os
+import re
 from typing import IO, Iterator
 
 from llmpipe.stats import TaskStats
@@ -81,6 +82,6 @@ def iter_plain_text(path: str, split: str, stats: TaskStats) -> Iterator[tuple[i
             if line.strip():
                 yield i, line
     else:
-        for i, block in enumerate(text.replace("\r\n", "\n").split("\n\n"), 1):
+        for i, block in enumerate(re.split(r"\n[ \t]*\n", text.replace("\r\n", "\n")), 1):
             if block.strip():
                 yield i, block.strip("\n")

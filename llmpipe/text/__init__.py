@@ -1,0 +1,1 @@
+"""Text algorithms shared by stages: classifiers, normalisation, words."""
