@@ -42,7 +42,6 @@ when trafilatura and readability-lxml are installed together):
 from __future__ import annotations
 
 import argparse
-import codecs
 import gzip
 import json
 import os
@@ -62,50 +61,9 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "web"
 # Decoding: one str per page, shared by every extractor.
 # --------------------------------------------------------------------------------------------
 
-_BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
-# <meta charset="x"> and <meta http-equiv="Content-Type" content="text/html; charset=x">
-_META_CHARSET = re.compile(rb"""<meta[^>]*?charset\s*=\s*["']?\s*([A-Za-z0-9_:.\-]+)""", re.IGNORECASE)
-_META_PRESCAN = 4096  # browsers prescan 1024 bytes; w3lib and others look a little further
-
-
-def _browser_codec(label: bytes) -> str | None:
-    """Python codec for a charset label, with the WHATWG substitutions that matter in practice."""
-    try:
-        name = codecs.lookup(label.decode("ascii")).name
-    except (LookupError, UnicodeDecodeError):
-        return None
-    if name in ("latin-1", "iso8859-1", "ascii"):
-        return "cp1252"  # browsers decode ISO-8859-1 and US-ASCII as windows-1252
-    if name.startswith("utf-16"):
-        return "utf-8"  # a meta tag that could be read as ASCII cannot be UTF-16
-    return name
-
-
-def decode_html(raw: bytes) -> tuple[str, str]:
-    """Decode a page; returns (text, which rule decided)."""
-    for bom, codec in _BOMS:
-        if raw.startswith(bom):
-            return raw[len(bom):].decode(codec, errors="replace"), "bom"
-    match = _META_CHARSET.search(raw, 0, _META_PRESCAN)
-    codec = _browser_codec(match.group(1)) if match else None
-    if codec:
-        try:
-            return raw.decode(codec), "meta"
-        except UnicodeDecodeError:
-            pass  # the declaration lies; fall through
-    try:
-        return raw.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        pass
-    try:
-        from charset_normalizer import from_bytes
-
-        best = from_bytes(raw).best()
-        if best is not None:
-            return str(best), "charset_normalizer"
-    except ImportError:
-        pass
-    return raw.decode("cp1252", errors="replace"), "cp1252"
+# llmpipe's own decoding (BOM, HTTP/meta charset, strict UTF-8, detection), so the figures are
+# those of the ingest stage.
+from llmpipe.readers.html import decode_html, extract_main_text  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,6 +199,8 @@ def make_inscriptis() -> Callable[[str], str]:
 
 # (row name, distributions to report, factory)
 CANDIDATES: list[tuple[str, tuple[str, ...], Callable[[], Callable[[str], str | None]]]] = [
+    ("llmpipe ingest (trafilatura)", ("trafilatura",), lambda: lambda html: extract_main_text(html, "trafilatura")),
+    ("llmpipe ingest (resiliparse)", ("resiliparse",), lambda: lambda html: extract_main_text(html, "resiliparse")),
     ("trafilatura", ("trafilatura",), make_trafilatura),
     ("trafilatura precision", ("trafilatura",), lambda: make_trafilatura(favor_precision=True)),
     ("resiliparse main_content", ("resiliparse",), make_resiliparse),

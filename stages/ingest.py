@@ -1,7 +1,10 @@
-"""Turn raw inputs (JSONL/.gz/.zst, Parquet, plain text, embedded sources) into a document artifact.
+"""Turn raw inputs (WARC/WET/ARC, HTML, JSONL/.gz/.zst, Parquet, plain text, embedded sources) into documents.
 
-One task per input file; each writes one Parquet part. Bad records (broken JSON lines, invalid
-UTF-8, missing text, empty or giant documents) are counted by reason and skipped.
+One task per input file; each writes one Parquet part. Web pages are decoded (BOM, HTTP and
+<meta> charset, UTF-8, detection) and reduced to their main text by trafilatura (best measured
+quality) or resiliparse (~15x faster); WET records are taken as they are. Bad records (corrupt
+or truncated WARC records, broken JSON lines, invalid UTF-8, binary payloads) are counted by
+reason and skipped; non-HTML responses, error statuses, empty and giant pages are counted drops.
 
     llmpipe ingest --input 'data/*.jsonl.gz' --output runs/docs
     [steps.ingest]
@@ -23,6 +26,9 @@ from llmpipe.registry import Plan, Stage
 from llmpipe.stats import TaskStats, check_bad_fraction
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".ndjson")
+WARC_SUFFIXES = (".warc", ".warc.gz", ".warc.lz4", ".warc.zst", ".wet", ".wet.gz", ".arc", ".arc.gz", ".warc.txt")
+HTML_SUFFIXES = (".html", ".htm", ".html.gz", ".htm.gz")
+HTML_TYPES = ("text/html", "application/xhtml+xml", "text/plain")
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,10 @@ class Params:
     min_chars: int = field(default=1, metadata={"help": "Skip documents shorter than this many characters (after stripping)."})
     max_chars: int = field(default=5_000_000, metadata={"help": "Skip documents longer than this (giant pages, dumps)."})
     max_bad_fraction: float = field(default=0.1, metadata={"help": "Fail when more than this fraction of records is bad."})
+    extractor: Literal["trafilatura", "resiliparse"] = field(
+        default="trafilatura", metadata={"help": "HTML main-text extractor: trafilatura (F1 0.96 on AEB) or resiliparse (~15x faster, F1 0.90)."}
+    )
+    max_page_bytes: int = field(default=5_000_000, metadata={"help": "Skip web payloads larger than this many bytes before extraction."})
 
     def __post_init__(self):
         if not 0 <= self.max_bad_fraction <= 1:
@@ -60,6 +70,17 @@ def _records(source: str, params: Params, stats: TaskStats) -> Iterator[dict]:
         return
     name = os.path.basename(source)
     stem = name.split(".")[0]
+    if name.endswith(WARC_SUFFIXES):
+        yield from _web_documents(source, stem, params, stats)
+        return
+    if name.endswith(HTML_SUFFIXES):
+        from llmpipe.readers.text import open_maybe_compressed
+        from llmpipe.readers.warc import WebRecord
+
+        with open_maybe_compressed(source) as f:
+            page = WebRecord(hashlib.sha1(source.encode()).hexdigest()[:20], "", None, "text/html", f.read(), "response")
+        yield from _page_documents([page], stem, params, stats)
+        return
     if name.endswith(JSONL_SUFFIXES):
         rows = readers.iter_jsonl(source, params.text_key, stats)
     elif name.endswith(".parquet"):
@@ -77,6 +98,44 @@ def _records(source: str, params: Params, stats: TaskStats) -> Iterator[dict]:
         rest = {k: v for k, v in obj.items() if k not in (params.text_key, params.id_key, params.url_key, "source")}
         yield {"id": doc_id, "text": obj[params.text_key], "url": url if isinstance(url, str) else None, "source": source_name,
                "metadata": json.dumps(rest, ensure_ascii=False, default=str) if rest else None}
+
+
+def _web_documents(source: str, stem: str, params: Params, stats: TaskStats) -> Iterator[dict]:
+    from llmpipe.readers.warc import iter_web_records
+
+    yield from _page_documents(iter_web_records(source, stats), stem, params, stats)
+
+
+def _page_documents(records, stem: str, params: Params, stats: TaskStats) -> Iterator[dict]:
+    """Web records -> documents: status and type checks, size cap, decoding, main-text extraction."""
+    from llmpipe.readers.html import decode_html, extract_main_text, looks_binary
+
+    for rec in records:
+        mime = (rec.content_type or "").split(";")[0].strip().lower()
+        if rec.status is not None and rec.status != 200:
+            stats.drop("http_status")
+            continue
+        if mime and mime not in HTML_TYPES:
+            stats.drop("non_html")
+            continue
+        if len(rec.payload) > params.max_page_bytes:
+            stats.drop("too_large")
+            continue
+        if looks_binary(rec.payload):
+            stats.skip("binary", rec.url)
+            continue
+        if rec.kind == "conversion" or mime == "text/plain":  # WET: already text
+            text = rec.payload.decode("utf-8", "replace")
+            encoding = "utf-8"
+        else:
+            html, encoding = decode_html(rec.payload, rec.content_type)
+            text = extract_main_text(html, params.extractor, url=rec.url or None)
+            if not text.strip():
+                stats.drop("no_main_text")
+                continue
+        doc_id = rec.record_id or hashlib.sha1(f"{stem}:{rec.url}:{rec.date}".encode()).hexdigest()[:20]
+        yield {"id": doc_id, "text": text, "url": rec.url or None, "source": stem, "date": rec.date,
+               "content_type": rec.content_type, "metadata": json.dumps({"encoding": encoding}) if encoding != "utf-8" else None}
 
 
 def read_task(ctx, task: dict) -> dict:
@@ -108,6 +167,6 @@ def finalize(ctx, stats: dict, records: dict) -> dict:
 
 
 STAGE = Stage(
-    name="ingest", version=2, params=Params, doc=__doc__, plan=plan, run_task={"read": read_task},
+    name="ingest", version=3, params=Params, doc=__doc__, plan=plan, run_task={"read": read_task},
     finalize=finalize, output_kind="documents", input_kinds=("raw", "documents"),
 )

@@ -1,4 +1,4 @@
-"""Document artifacts: Parquet parts (zstd), one row per document: id, text, url, source, metadata, ...
+"""Document artifacts: Parquet parts (zstd), one row per document: id, text, url, source, date, content_type, metadata, ...
 
 `metadata` is a JSON object (as a string) of whatever else the source record carried.
 
@@ -22,6 +22,8 @@ BASE_SCHEMA = pa.schema(
         pa.field("text", pa.string(), nullable=False),
         pa.field("url", pa.string()),
         pa.field("source", pa.string()),
+        pa.field("date", pa.string()),  # fetch date (WARC-Date) where the source has one
+        pa.field("content_type", pa.string()),
         pa.field("metadata", pa.string()),
     ]
 )
