@@ -37,13 +37,14 @@ def _iter_fastwarc(path: str, stats: TaskStats) -> Iterator[WebRecord]:
     from fastwarc.warc import ArchiveIterator, WarcRecordType
 
     name = os.path.basename(path)
-    valid = 0
+    valid = malformed = 0
     try:
         with open(path, "rb") as stream:
             for rec in ArchiveIterator(stream, auto_decode="all"):
                 rid = (rec.headers.get("WARC-Record-ID") or "").strip("<>")
                 if not rid:  # a header block FastWARC could not split (LF line endings, garbage)
                     stats.skip("bad_warc_record", f"{name}: malformed record header")
+                    malformed += 1
                     continue
                 valid += 1
                 kind = rec.record_type
@@ -68,7 +69,7 @@ def _iter_fastwarc(path: str, stats: TaskStats) -> Iterator[WebRecord]:
     except (OSError, ValueError) as e:  # "Invalid WARC header", broken compression
         stats.skip("bad_warc", f"{name}: {e}")
         return
-    if valid == 0 and os.path.getsize(path) > 0:
+    if valid == 0 and malformed == 0 and os.path.getsize(path) > 0:
         stats.skip("bad_warc", f"{name}: no readable WARC records")
 
 

@@ -39,7 +39,7 @@ def test_bad_records_are_counted_not_fatal(tmp_path):
     (tmp_path / "a.jsonl").write_text("\n".join(good[:10] + ['{"text": broken', '{"no_text": 1}', "[1, 2]"] + good[10:]) + "\n")
     (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(("\n".join(good) + "\n").encode())[:-30])  # truncated gzip
     (tmp_path / "c.txt").write_bytes(b"\xff\xfe not utf-8 \xc3\x28")
-    (tmp_path / "d.warc").write_bytes(b"WARC/1.0\r\n")
+    (tmp_path / "d.pdf").write_bytes(b"%PDF-1.4")
     m = llmpipe.run_stage("ingest", [str(tmp_path)], tmp_path / "../out", max_bad_fraction=0.5)
     skipped = m["stats"]["skipped"]
     assert skipped == {"bad_json": 1, "no_text": 2, "truncated_file": 1, "bad_utf8": 1, "unsupported_format": 1}
