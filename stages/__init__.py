@@ -2,6 +2,7 @@
 
 STAGES = {
     "ingest": "stages.ingest",
+    "filter": "stages.filter",
     "dedup": "stages.dedup",
     "classify": "stages.classify",
     "train_classifier": "stages.train_classifier",
