@@ -7,7 +7,7 @@ lines, PII redacts) and a snake_case reason when the document is dropped, else N
 Pure functions: no I/O, no framework imports; stages/filter.py does Parquet, counts and rejects.
 
     from llmpipe import filters
-    text, reason = filters.apply_chain(text)            # the FineWeb order, default thresholds
+    text, reason, family = filters.apply_chain(text)    # the FineWeb order, default thresholds
 """
 
 from __future__ import annotations

@@ -10,7 +10,10 @@ Character fractions are over the whole text, as in datatrove's GopherRepetitionF
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from collections import Counter
+from itertools import compress
+from operator import itemgetter, ne
 from dataclasses import dataclass, field
 
 from llmpipe.filters.words import WORD_TOKENIZER_HELP, Doc, WordTokenizer, find_duplicates
@@ -49,26 +52,39 @@ def top_ngram_chars(words: list[str], n: int) -> int:
     grams = Counter(zip(*(words[i:] for i in range(n))))
     if not grams:
         return 0
-    gram, count = max(grams.items(), key=lambda item: item[1])
+    gram, count = max(grams.items(), key=itemgetter(1))  # max() keeps the first of equal counts
     return (sum(map(len, gram)) + n - 1) * count
 
 
 def repeated_ngram_chars(words: list[str], n: int) -> int:
     """Characters (words joined without spaces) in n-grams equal to an earlier n-gram; after a
-    repeat the scan jumps past it, so overlapping repeats are not counted twice."""
+    repeat the scan jumps past it, so overlapping repeats are not counted twice.
+
+    Same result as scanning every position (datatrove's loop), but only the positions whose n-gram
+    occurred before are visited: an n-gram counts as seen when its first occurrence was not jumped
+    over, or when a later occurrence was visited."""
     grams = list(map("".join, zip(*(words[i:] for i in range(n)))))
-    if len(set(grams)) == len(grams):
+    first = dict(zip(reversed(grams), range(len(grams) - 1, -1, -1)))  # n-gram -> first position
+    if len(first) == len(grams):
         return 0
-    seen: set[str] = set()
-    repeated, i = 0, 0
-    while i < len(grams):
+    later = compress(range(len(grams)), map(ne, map(first.__getitem__, grams), range(len(grams))))
+    skipped_starts: list[int] = []  # jumped-over position ranges [start, start + n - 1), in order
+    visited: set[str] = set()  # n-grams of visited later occurrences
+    repeated, next_pos = 0, 0
+    for i in later:
+        if i < next_pos:
+            continue
         gram = grams[i]
-        if gram in seen:
+        f = first[gram]
+        k = bisect_right(skipped_starts, f) - 1
+        first_seen = k < 0 or f >= skipped_starts[k] + n - 1
+        if first_seen or gram in visited:
             repeated += len(gram)
-            i += n
+            skipped_starts.append(i + 1)
+            next_pos = i + n
         else:
-            seen.add(gram)
-            i += 1
+            visited.add(gram)
+            next_pos = i + 1
     return repeated
 
 

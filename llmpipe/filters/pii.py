@@ -25,6 +25,7 @@ EMAIL = re.compile(
     rf"\b{_ATEXT}(?:\.{_ATEXT})*@(?:(?:{_LABEL}\.)+{_LABEL}|\[(?:{_OCTET}\.){{3}}(?:{_OCTET}|[A-Za-z0-9-]*[A-Za-z0-9]:)\])"
 )
 IPV4 = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}")
+_IP_HINT = re.compile(r"[0-9]\.[0-9]")  # every IPv4 match contains this: a cheap test before the full scan
 # Addresses reserved for documentation or that did not answer pings: safe stand-ins (datatrove's lists).
 EMAIL_STAND_INS = ("email@example.com", "firstname.lastname@example.org")
 IP_STAND_INS = ("22.214.171.124", "126.96.36.199", "188.8.131.52", "184.108.40.206", "220.127.116.11", "18.104.22.168")
@@ -63,6 +64,6 @@ def _replace(pattern: re.Pattern, text: str, stand_ins: tuple[str, ...], keep=No
 def apply(text: str, p: Params, doc: Doc | None = None) -> tuple[str, str | None]:
     if p.remove_emails and "@" in text:
         text = _replace(EMAIL, text, p.email_replacements)
-    if p.remove_ips and "." in text:
+    if p.remove_ips and _IP_HINT.search(text):
         text = _replace(IPV4, text, p.ip_replacements, keep=lambda ip: not _is_ip_to_replace(ip, p.public_ips_only))
     return text, None

@@ -10,8 +10,9 @@ rest at infixes (hyphens between letters, "..." inside a word, "a.B", "a,b", "a/
 
 A chunk's tokens never depend on its neighbours, so they are memoized per chunk: after the first
 few documents almost every chunk is a dictionary hit, which is where the speed over spaCy comes
-from. Character classes come from the Unicode database (letters, So symbols), which matches spaCy's
-hand-written ranges on every script that occurs in the test corpus.
+from. Letters are the Unicode letters of the scripts spaCy's English rules list (see CASED_SCRIPTS
+below), symbols ("icons") are Unicode's So category: this equals spaCy's hand-written ranges on
+every chunk of the test corpus; it differs on a few letters of other scripts (Kazakh "қ").
 
     split_words("Don't panic... it's 5pm!")  ->  ['Do', "n't", 'panic', '...', 'it', "'s", '5', 'pm', '!']
 """
@@ -32,7 +33,7 @@ UNITS = (
     "Pa mbar mb MB kb KB gb GB tb TB T G M K % км км² км³ м м² м³ дм дм² дм³ см см² см³ мм мм² мм³ нм кг г мг м/с "
     "км/ч кПа Па мбар Кб КБ кб Мб МБ мб Гб ГБ гб Тб ТБ тбكم كم² كم³ م م² م³ سم سم² سم³ مم مم² مم³ كم غرام جرام جم كغ "
     "ملغ كوب اكواب"
-).split()
+).split()  # "тбكم" is one unit: spaCy's list lacks a space there, and matching it means keeping that
 HYPHENS = ("-", "–", "—", "--", "---", "——", "~")
 # A sentence ends after one of these (spaCy's sentencizer defaults; multi-character tokens such as
 # "..." never end a sentence).

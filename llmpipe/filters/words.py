@@ -22,14 +22,6 @@ WORD_TOKENIZER_HELP = (
     'filters use) without depending on it; "spacy" calls spaCy itself (pip install spacy).'
 )
 
-# Characters that make a "symbol": a word made only of these is not counted as a word by Gopher
-# quality. ASCII punctuation, typographic and full-width punctuation, the C0/C1 control characters
-# except tab and newline, and every sentence terminal below (datatrove's PUNCTUATION_SET).
-SYMBOL_CHARS = frozenset(
-    string.punctuation
-    + "—”％１〈、━【「」，】；“《„’∶´．（–？！：～«〉》）。…►»"
-    + "".join(chr(c) for c in (*range(0, 9), 11, 12, *range(13, 32), *range(127, 160)))
-)
 # Sentence-terminal punctuation of all scripts (Unicode's Sentence_Terminal characters as datatrove
 # lists them): the spaCy sentencizer's characters plus Arabic, Samaritan, Khmer, Balinese, medieval,
 # Sogdian, Old Uyghur, Dives Akuru, Makasar, Kawi and Medefaidrin ones.
@@ -39,7 +31,15 @@ TERMINAL_PUNCTUATION = SENTENCE_END_CHARS | frozenset(
               0x2E53, 0x2E54, 0x10F55, 0x10F56, 0x10F57, 0x10F58, 0x10F59, 0x10F86, 0x10F87, 0x10F88, 0x10F89,
               0x11944, 0x11946, 0x11EF7, 0x11EF8, 0x11F43, 0x11F44, 0x16E98)
 )
-SYMBOL_CHARS = SYMBOL_CHARS | TERMINAL_PUNCTUATION
+# Characters that make a "symbol": a word made only of these is not counted as a word by Gopher
+# quality. ASCII punctuation, typographic and full-width punctuation (and datatrove's full-width
+# "１"), the C0/C1 control characters except tab and newline, and every sentence terminal above
+# (datatrove's PUNCTUATION_SET).
+SYMBOL_CHARS = frozenset(
+    string.punctuation
+    + "—”％１〈、━【「」，】；“《„’∶´．（–？！：～«〉》）。…►»"
+    + "".join(chr(c) for c in (*range(0, 9), 11, 12, *range(13, 32), *range(127, 160)))
+) | TERMINAL_PUNCTUATION
 
 
 def _spacy_split_chunk():
