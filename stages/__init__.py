@@ -6,4 +6,6 @@ STAGES = {
     "dedup": "stages.dedup",
     "classify": "stages.classify",
     "train_classifier": "stages.train_classifier",
+    "train_tokenizer": "stages.train_tokenizer",
+    "tokenize": "stages.tokenize",
 }
