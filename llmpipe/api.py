@@ -20,8 +20,13 @@ from llmpipe.registry import get_stage
 def build_step(
     name: str, stage_ref: str, inputs: Sequence[Input], output: Path, params: Mapping[str, Any], where: str,
     origins: Mapping[str, str] | None = None, flags: bool = False, output_where: str | None = None,
+    step_params: Mapping[str, str] | None = None,
 ) -> step_mod.Step:
-    """Validate params, input kinds and the output path against the inputs; nothing is written here."""
+    """Validate params, input kinds and the output path against the inputs; nothing is written here.
+
+    step_params: path params whose value is an earlier step's output (which may not exist yet),
+    with that step's fingerprint.
+    """
     stage = get_stage(stage_ref, where=f"{where} stage")
     typed = params_from_mapping(stage.params, params, where=where, stage=stage.name, origins=origins, flags=flags)
     out = Path(output).resolve()
@@ -35,10 +40,10 @@ def build_step(
             if dir_is_inside(root, out) or dir_is_inside(out, root):
                 raise InputError(f"{output_where}: {out} overlaps its own input {root}; choose an output outside the inputs")
     step_mod.check_output_is_ours(out, output_where)
-    param_fps = {}
+    param_fps = dict(step_params or {})  # path params naming earlier pipeline steps: their fingerprints
     for key in stage.path_params:
         value = getattr(typed, key)
-        if value and not value.startswith(BUILTIN_PREFIX):
+        if value and key not in param_fps and not value.startswith(BUILTIN_PREFIX):
             param_fps[key] = resolve_input(value, where=f"{where} {'--' + key.replace('_', '-') if flags else key}").fingerprint
     try:  # a plan that cannot be made (labels that do not match the inputs, ...) is a user error
         stage.plan(typed, list(inputs))

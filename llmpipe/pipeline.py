@@ -120,8 +120,20 @@ def _apply_overrides(pipe: Pipeline, overrides: list[str]) -> None:
             spec.origins[key] = f"--set {item}"
 
 
-def _step_refs(pipe: Pipeline, spec: StepSpec) -> list[str]:
-    return [i for i in spec.inputs if i in pipe.steps]
+def step_refs(pipe: Pipeline, spec: StepSpec) -> list[str]:
+    """Earlier steps this one reads: as inputs, or through a path param (tokenizer = "train_tokenizer")."""
+    return [i for i in spec.inputs if i in pipe.steps] + list(_param_step_refs(pipe, spec).values())
+
+
+def _param_step_refs(pipe: Pipeline, spec: StepSpec) -> dict[str, str]:
+    """path param -> step name, for path params whose value names a step of this pipeline."""
+    from llmpipe.registry import get_stage
+
+    try:
+        path_params = get_stage(spec.stage_ref, where=f"{spec.where} stage").path_params
+    except ConfigError:
+        return {}  # an unknown stage is reported with its suggestion when the step is built
+    return {k: spec.params[k] for k in path_params if isinstance(spec.params.get(k), str) and spec.params[k] in pipe.steps}
 
 
 def _topological_order(pipe: Pipeline) -> list[str]:
@@ -135,7 +147,7 @@ def _topological_order(pipe: Pipeline) -> list[str]:
             cycle = trail[trail.index(name):] + [name]
             raise ConfigError(f"{pipe.steps[cycle[0]].where} inputs: steps form a cycle: {' -> '.join(cycle)}")
         state[name] = "visiting"
-        for dep in _step_refs(pipe, pipe.steps[name]):
+        for dep in step_refs(pipe, pipe.steps[name]):
             visit(dep, trail + [name])
         state[name] = "done"
         order.append(name)
@@ -189,9 +201,13 @@ def build_steps(pipe: Pipeline) -> dict[str, Step]:
 
             if spec.stage_ref not in builtin_stages():
                 raise ConfigError(f'{spec.where}: no stage = "..." is set and "{spec.stage_ref}" is not a stage{did_you_mean(spec.stage_ref, builtin_stages())}')
+        params, step_params = dict(spec.params), {}
+        for key, ref in _param_step_refs(pipe, spec).items():
+            params[key] = str(built[ref].out)  # the stage reads the path; the fingerprint is the step's
+            step_params[key] = built[ref].fingerprint
         built[name] = build_step(
-            name, spec.stage_ref, inputs, pipe.workdir / name, spec.params, spec.where, origins=spec.origins,
-            output_where=f"{pipe.path} [pipeline] workdir",
+            name, spec.stage_ref, inputs, pipe.workdir / name, params, spec.where, origins=spec.origins,
+            output_where=f"{pipe.path} [pipeline] workdir", step_params=step_params,
         )
     return built
 
@@ -209,6 +225,6 @@ def check_upstream_ready(pipe: Pipeline, built: dict[str, Step], selected: list[
     from llmpipe.step import state
 
     for name in selected:
-        for dep in _step_refs(pipe, pipe.steps[name]):
+        for dep in step_refs(pipe, pipe.steps[name]):
             if dep not in selected and state(built[dep])[0] != "fresh":
                 raise InputError(f'{pipe.steps[name].where} inputs: step "{dep}" is not fresh; run it first or include it in the selection')

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from llmpipe import api, step as step_mod
 from llmpipe.log import log, stdout
-from llmpipe.pipeline import Pipeline, build_steps, check_upstream_ready, refresh_inputs, select_steps
+from llmpipe.pipeline import Pipeline, build_steps, check_upstream_ready, refresh_inputs, select_steps, step_refs
 
 
 @dataclass
@@ -32,7 +32,7 @@ def _cascade(pipe: Pipeline, reports: list[StepReport]) -> list[StepReport]:
     """A step downstream of one that will run is stale too (its input fingerprint changes or is unknown)."""
     by_name = {r.name: r for r in reports}
     for r in reports:
-        ups = [i for i in pipe.steps[r.name].inputs if i in by_name and by_name[i].action != "skipped"]
+        ups = [i for i in step_refs(pipe, pipe.steps[r.name]) if i in by_name and by_name[i].action != "skipped"]
         if ups and r.action == "skipped":
             r.state, r.why, r.action = "stale", f"upstream {ups[0]} will run", "would run"
     return reports

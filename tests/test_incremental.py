@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
+
+import pytest
 
 from llmpipe.pipeline import load_pipeline
 from llmpipe.runner import run_pipeline
@@ -77,3 +80,37 @@ def test_only_with_stale_upstream_is_refused(tmp_path, shared_data, monkeypatch)
     res = run_cli("run", "p.toml", "--only", "dedup", cwd=tmp_path)
     assert res.returncode == 2
     assert res.stderr.strip() == 'error: p.toml [steps.dedup] inputs: step "ingest" is not fresh; run it first or include it in the selection'
+
+
+TOKENIZER_PIPELINE = """
+[pipeline]
+workdir = "runs/t"
+
+[steps.ingest]
+inputs = ["corpus/*.jsonl"]
+
+[steps.tokenizer]
+stage = "train_tokenizer"
+inputs = ["ingest"]
+vocab_size = 600
+holdout_documents = 5
+
+[steps.tokens]
+stage = "tokenize"
+inputs = ["ingest"]
+tokenizer = "tokenizer"
+"""
+
+
+def test_path_param_naming_a_step_orders_and_invalidates(tmp_path, shared_data, monkeypatch):
+    """tokenizer = "tokenizer" names an earlier step: the step waits for it and re-runs when it changes."""
+    pytest.importorskip("sentencepiece")
+    make_jsonl_corpus(shared_data, tmp_path / "corpus", n_files=2)
+    path = write(tmp_path / "t.toml", TOKENIZER_PIPELINE)
+    monkeypatch.chdir(tmp_path)
+    first = run_pipeline(load_pipeline(path))
+    assert [r.name for r in first] == ["ingest", "tokenizer", "tokens"] and actions(first) == {"ingest": "ran", "tokenizer": "ran", "tokens": "ran"}
+    manifest = json.loads((tmp_path / "runs/t/tokens/_manifest.json").read_text())
+    assert manifest["params"]["tokenizer"] == str(tmp_path / "runs/t/tokenizer")
+    again = run_pipeline(load_pipeline(path, ["tokenizer.vocab_size=500"]))
+    assert actions(again) == {"ingest": "skipped", "tokenizer": "ran", "tokens": "ran"}

@@ -169,6 +169,7 @@ def _failure_report(st: step_mod.Step, settings: dict) -> str:
 
 def submit_pipeline(pipe, built: dict, selected: list[str], force: bool = False, wait: bool = True):
     """Submit every selected, non-fresh step in order, chained by afterok; follow them when wait is set."""
+    from llmpipe.pipeline import step_refs
     from llmpipe.runner import StepReport
 
     if not slurm_available():
@@ -179,7 +180,7 @@ def submit_pipeline(pipe, built: dict, selected: list[str], force: bool = False,
     for name in selected:
         st = built[name]
         state, why = step_mod.state(st)
-        upstream_jobs = [last_job[i] for i in pipe.steps[name].inputs if i in last_job]
+        upstream_jobs = [last_job[i] for i in step_refs(pipe, pipe.steps[name]) if i in last_job]
         if state == "fresh" and not force and not upstream_jobs:
             log(f"{name}: fresh, skipped")
             reports.append(StepReport(name, state, why, "skipped"))
