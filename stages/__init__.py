@@ -4,6 +4,7 @@ STAGES = {
     "ingest": "stages.ingest",
     "filter": "stages.filter",
     "dedup": "stages.dedup",
+    "decontaminate": "stages.decontaminate",
     "classify": "stages.classify",
     "train_classifier": "stages.train_classifier",
     "train_tokenizer": "stages.train_tokenizer",

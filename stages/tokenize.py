@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from llmpipe.artifacts.layout import save_array
 from llmpipe.registry import Plan, Stage
 
 SPLITS = ("train", "val")
@@ -87,11 +88,11 @@ def keys_task(ctx, task: dict) -> dict:
     from llmpipe.artifacts.documents import iter_batches
 
     if ctx.params.weights and ctx.params.weights[task["source"]] == 0:  # left out, so it must not take validation places
-        _save(ctx.work_dir() / f"{ctx.task_index:05d}.npy", np.zeros(0, np.uint64))
+        save_array(ctx.work_dir() / f"{ctx.task_index:05d}.npy", np.zeros(0, np.uint64))
         return {"counts": {"documents": 0}}
     keys = [_keys(ctx.params.seed, "split", b.column(0).to_pylist()) for b in iter_batches(task["part"], ["id"])]
     smallest = np.sort(np.concatenate(keys) if keys else np.zeros(0, np.uint64))[:ctx.params.val_documents]
-    _save(ctx.work_dir() / f"{ctx.task_index:05d}.npy", smallest)
+    save_array(ctx.work_dir() / f"{ctx.task_index:05d}.npy", smallest)
     return {"counts": {"documents": sum(len(k) for k in keys)}}
 
 
@@ -225,14 +226,6 @@ def _read_range(paths, bounds: np.ndarray, start: int, stop: int, dtype) -> np.n
         if lo < hi:
             pieces.append(np.fromfile(path, dtype=dtype, count=int(hi - lo), offset=int(lo - bounds[i]) * dtype.itemsize))
     return np.concatenate(pieces) if pieces else np.zeros(0, dtype)
-
-
-def _save(path, array: np.ndarray) -> None:
-    from llmpipe.artifacts.layout import atomic_path
-
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, array, allow_pickle=False)
 
 
 def finalize(ctx, stats: dict, records: dict) -> dict:

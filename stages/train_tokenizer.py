@@ -29,6 +29,7 @@ from typing import Iterator, Literal
 
 import numpy as np
 
+from llmpipe.artifacts.layout import save_array
 from llmpipe.registry import Plan, Stage
 from llmpipe.text.tokenizer import HF_FILES, MODEL_FILE, SPECIAL_FILE, SPECIAL_TOKENS
 
@@ -80,7 +81,7 @@ def sample_task(ctx, task: dict) -> dict:
     for batch in iter_batches(task["part"], ["id", "text"]):
         for doc_id, text in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
             rows.append((doc_key(ctx.params.seed, doc_id), len(text), text.count("\n") + 1))
-    _save(ctx.work_dir() / f"{ctx.task_index:05d}.npy", np.array(rows, dtype=np.uint64).reshape(-1, 3))
+    save_array(ctx.work_dir() / f"{ctx.task_index:05d}.npy", np.array(rows, dtype=np.uint64).reshape(-1, 3))
     return {"counts": {"documents": len(rows)}}
 
 
@@ -193,14 +194,6 @@ def evaluate(tok, texts: list[str]) -> dict:
         "round_trip_mismatches": sum(tok.decode(e) != tok.normalize(t) for e, t in zip(encoded, texts)),
         "hf_mismatches": sum(list(e) != h for e, h in zip(encoded, hf_ids)),
     }
-
-
-def _save(path, array: np.ndarray) -> None:
-    from llmpipe.artifacts.layout import atomic_path
-
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, array, allow_pickle=False)
 
 
 def finalize(ctx, stats: dict, records: dict) -> dict:

@@ -70,3 +70,11 @@ def remove_temporaries(artifact: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
         else:
             p.unlink(missing_ok=True)
+
+
+def save_array(path: Path, array) -> None:
+    """Write a numpy array as .npy atomically (intermediate files of multi-phase stages); never pickled."""
+    import numpy as np
+
+    with atomic_path(Path(path)) as tmp, open(tmp, "wb") as f:
+        np.save(f, array, allow_pickle=False)

@@ -12,7 +12,7 @@ per-core figure. llmpipe's is measured at 1 worker, where tasks run in this proc
 they run in a process pool, so only wall time is shown). Best of --repeat runs. The machine is
 shared: compare the figures of one run, not absolute ones.
 
-    nice python benchmarks/tokenize.py [--repeat 2] [--copies 1]     # about 2.5 minutes on 2 busy cores
+    nice python benchmarks/tokenize_speed.py [--repeat 2] [--copies 1]     # about 2.5 minutes on 2 busy cores
 """
 
 import os
