@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -53,3 +54,19 @@ def make_jsonl_corpus(shared: Path, dest: Path, n_files: int, copies: int = 1) -
                     f.write(json.dumps(doc) + "\n")
         paths.append(path)
     return paths
+
+
+def slurm_up() -> bool:
+    """A real Slurm cluster answers here (CI starts one with .ci/start-slurm.sh)."""
+    if shutil.which("sinfo") is None:
+        return False
+    res = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
+    return any(s in res.stdout for s in ("idle", "mixed", "alloc"))
+
+
+# Marks for tests that run against the real local Slurm cluster.
+SLURM_MARKS = [
+    pytest.mark.slurm,
+    pytest.mark.slow,
+    pytest.mark.skipif(not slurm_up(), reason="no Slurm cluster is up here (run .ci/start-slurm.sh as root to start one)"),
+]

@@ -3,28 +3,14 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 
-import pytest
 
-from tests.conftest import REPO, run_cli, write
+from tests.conftest import REPO, SLURM_MARKS, run_cli, write
 from tests.stages.test_dedup import planted_corpus, write_parts
 from tests.test_resume import rows
 
 
-def slurm_up() -> bool:
-    if shutil.which("sinfo") is None:
-        return False
-    res = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
-    return any(s in res.stdout for s in ("idle", "mixed", "alloc"))
-
-
-pytestmark = [
-    pytest.mark.slurm,
-    pytest.mark.slow,
-    pytest.mark.skipif(not slurm_up(), reason="no Slurm cluster is up here (run .ci/start-slurm.sh as root to start one)"),
-]
+pytestmark = SLURM_MARKS
 
 PIPELINE = """
 [pipeline]
