@@ -194,7 +194,7 @@ def list_stages():
     from llmpipe.registry import builtin_stages, get_stage
 
     for name in sorted(builtin_stages()):
-        click.echo(f"{name:<18} {get_stage(name).summary}")
+        click.echo(f"{name.replace('_', '-'):<18} {get_stage(name).summary}")
 
 
 def main() -> None:
