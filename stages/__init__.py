@@ -9,4 +9,5 @@ STAGES = {
     "train_classifier": "stages.train_classifier",
     "train_tokenizer": "stages.train_tokenizer",
     "tokenize": "stages.tokenize",
+    "pretrain": "stages.pretrain",
 }

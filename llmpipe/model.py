@@ -1,0 +1,287 @@
+"""The model: a Llama-style decoder (RMSNorm, RoPE, SwiGLU, GQA) in one file, in nanoGPT's order.
+
+Parameters carry the Hugging Face Llama names (model.embed_tokens, model.layers.N.self_attn.q_proj,
+..., model.norm, lm_head) and RoPE uses HF's rotate-half layout, so `state_dict()` saved with
+safetensors beside `config.to_hf()` is a checkpoint `transformers.AutoModelForCausalLM` loads as it
+is: no key map, no permutation (compare torchtitan's from_hf_map + _permute).
+
+Shapes: B batch, T time (new tokens), S cached + new positions, C n_embd, H heads, K kv heads, D head_dim, V vocab.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# name -> (n_layer, n_embd, n_head, n_kv_head); parameter counts at a 4k vocabulary, tied embeddings
+PRESETS = {
+    "tiny": (4, 128, 4, 4),  # ~1.3M (0.5M of it the embedding)
+    "small": (6, 384, 6, 2),  # ~10M: nanoGPT's baby-shakespeare size
+    "124m": (12, 768, 12, 12),  # GPT-2 small's shape
+    "350m": (24, 1024, 16, 8),  # GPT-2 medium's shape
+}
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 4096
+    n_layer: int = 4
+    n_embd: int = 128
+    n_head: int = 4
+    n_kv_head: int = 4
+    intermediate_size: int = 0  # 0: Llama's rule, 8/3 * n_embd rounded up to a multiple of 64
+    max_seq_len: int = 1024
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    bos_token_id: int = 1
+    eos_token_id: int = 2
+    pad_token_id: int = 3
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head or self.n_head % self.n_kv_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must divide by n_head ({self.n_head}) and n_head by n_kv_head ({self.n_kv_head})")
+        if (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"head_dim {self.n_embd // self.n_head} must be even for RoPE")
+        if not self.intermediate_size:
+            self.intermediate_size = 64 * math.ceil(8 * self.n_embd / 3 / 64)
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "ModelConfig":
+        n_layer, n_embd, n_head, n_kv_head = PRESETS[name]
+        return cls(**{"n_layer": n_layer, "n_embd": n_embd, "n_head": n_head, "n_kv_head": n_kv_head, **overrides})
+
+    def to_hf(self) -> dict:
+        """A config.json that transformers reads as a LlamaConfig."""
+        return {
+            "architectures": ["LlamaForCausalLM"], "model_type": "llama", "torch_dtype": "float32", "dtype": "float32",
+            "vocab_size": self.vocab_size, "hidden_size": self.n_embd, "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.n_layer, "num_attention_heads": self.n_head, "num_key_value_heads": self.n_kv_head,
+            "head_dim": self.head_dim, "max_position_embeddings": self.max_seq_len, "rms_norm_eps": self.norm_eps,
+            "rope_theta": self.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
+            "tie_word_embeddings": self.tie_embeddings, "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
+            "attention_dropout": 0.0, "initializer_range": 0.02, "use_cache": True,
+            "bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_id, "pad_token_id": self.pad_token_id,
+            "llmpipe": asdict(self),
+        }
+
+    @classmethod
+    def from_hf(cls, config: dict) -> "ModelConfig":
+        if "llmpipe" in config:
+            names = {f.name for f in fields(cls)}
+            return cls(**{k: v for k, v in config["llmpipe"].items() if k in names})
+        rope = config.get("rope_parameters") or {}
+        return cls(
+            vocab_size=config["vocab_size"], n_layer=config["num_hidden_layers"], n_embd=config["hidden_size"],
+            n_head=config["num_attention_heads"], n_kv_head=config.get("num_key_value_heads") or config["num_attention_heads"],
+            intermediate_size=config["intermediate_size"], max_seq_len=config.get("max_position_embeddings", 2048),
+            rope_theta=rope.get("rope_theta", config.get("rope_theta", 10000.0)), norm_eps=config.get("rms_norm_eps", 1e-6),
+            tie_embeddings=config.get("tie_word_embeddings", False),
+        )
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight, computed in fp32 as HF's LlamaRMSNorm does."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+# --- rotary position embedding, HF's rotate-half layout (pairs are (i, i + D/2), not (2i, 2i+1)) ----------
+
+
+def rope_cache(seq_len: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of shape [seq_len, D]."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))  # [D/2]
+    freqs = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)  # [T, D/2]
+    emb = torch.cat((freqs, freqs), dim=-1)  # [T, D]
+    return emb.cos(), emb.sin()
+
+
+def rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)  # [..., D/2] each
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x, cos, sin):
+    """x [B, H, T, D]; cos, sin [T, D] for the positions of x."""
+    return x * cos + rotate_half(x) * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.n_embd, cfg.n_head * cfg.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * cfg.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * cfg.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=False)
+
+    def forward(self, x, cos, sin, cache: list | None = None):
+        B, T, C = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # [B, H, T, D]
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # [B, K, T, D]
+        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # [B, K, T, D]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        past = 0
+        if cache is not None:  # cache = [k, v] of earlier positions, or [] before the first call
+            if cache:
+                past = cache[0].shape[2]
+                k = torch.cat([cache[0], k], dim=2)  # [B, K, S, D]
+                v = torch.cat([cache[1], v], dim=2)
+            cache[:] = [k, v]
+        gqa = self.n_kv_head != self.n_head
+        if past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)  # [B, H, T, D]
+        elif T == 1:  # one new token sees every cached position
+            y = F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+        else:  # several new tokens after a cache: causal with an offset
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)  # [T, S]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # [B, T, C]
+        return self.o_proj(y)
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.n_embd, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.n_embd, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.n_embd, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.n_embd, cfg.norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.n_embd, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, cache=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Decoder(nn.Module):
+    """HF's `LlamaModel` part (the `model.` prefix of every name but lm_head)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
+
+
+class Model(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = Decoder(cfg)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        cos, sin = rope_cache(cfg.max_seq_len, cfg.head_dim, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)  # [max_seq_len, D]
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.activation_checkpointing = False
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2's scaled init of the projections into the residual stream
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx, targets=None, cache: list | None = None):
+        """idx [B, T] -> logits [B, T, V] (and the mean loss over targets != -1); cache: one list per layer, filled in place."""
+        B, T = idx.shape
+        past = cache[0][0].shape[2] if cache and cache[0] else 0
+        if past + T > self.config.max_seq_len:
+            raise ValueError(f"sequence of {past + T} tokens is longer than max_seq_len {self.config.max_seq_len}")
+        cos, sin = self.rope_cos[past:past + T].to(idx.device), self.rope_sin[past:past + T].to(idx.device)  # [T, D]
+        x = self.model.embed_tokens(idx)  # [B, T, C]
+        for i, block in enumerate(self.model.layers):
+            if self.activation_checkpointing and self.training and cache is None:
+                from torch.utils.checkpoint import checkpoint
+
+                x = checkpoint(block, x, cos, sin, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, cache[i] if cache is not None else None)
+        x = self.model.norm(x)
+        logits = self.lm_head(x)  # [B, T, V]
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())  # tied weights counted once
+        return n - self.model.embed_tokens.weight.numel() if non_embedding else n
+
+    def estimate_flops(self, seq_len: int) -> float:
+        """Training FLOPs per token: 6 per matmul weight (the input embedding is a lookup) + attention (nanochat's count)."""
+        cfg = self.config
+        # untied: the embedding is a lookup, lm_head a matmul; tied: the one matrix is lm_head's matmul
+        n = self.num_params() - (0 if cfg.tie_embeddings else self.model.embed_tokens.weight.numel())
+        return 6 * n + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+                 eos_token_id: int | None = None, use_cache: bool = True, generator: torch.Generator | None = None):
+        """idx [B, T] -> [B, T + new]: greedy when temperature is 0, else nucleus (top-p) sampling; stops when every row hit eos."""
+        was_training = self.training
+        self.eval()
+        cache = [[] for _ in self.model.layers] if use_cache else None
+        done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+        step_input = idx
+        for _ in range(max_new_tokens):
+            if cache is None:
+                step_input = idx[:, -self.config.max_seq_len:]
+            logits, _ = self(step_input, cache=cache)
+            next_id = sample(logits[:, -1, :], temperature, top_p, generator)  # [B, 1]
+            if eos_token_id is not None:
+                next_id = torch.where(done[:, None], torch.full_like(next_id, eos_token_id), next_id)
+                done |= next_id[:, 0] == eos_token_id
+            idx = torch.cat([idx, next_id], dim=1)
+            step_input = next_id
+            if eos_token_id is not None and bool(done.all()):
+                break
+        self.train(was_training)
+        return idx
+
+
+def sample(logits, temperature: float, top_p: float, generator=None):
+    """logits [B, V] -> ids [B, 1]."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    probs = F.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)  # [B, V]
+        keep = sorted_probs.cumsum(dim=-1) - sorted_probs < top_p  # the smallest set reaching top_p (at least one)
+        sorted_probs = sorted_probs * keep
+        choice = torch.multinomial(sorted_probs, 1, generator=generator)  # [B, 1] into the sorted order
+        return order.gather(-1, choice)
+    return torch.multinomial(probs, 1, generator=generator)

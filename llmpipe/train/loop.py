@@ -1,0 +1,256 @@
+"""The one training loop (pretrain now; SFT and DPO bring their own batches and loss_fn).
+
+It handles grad accumulation, clipping, the LR schedule, bf16 autocast on CUDA (fp32 on CPU), DDP
+gradient sync, an eval hook, checkpoints every N steps keeping the last K, automatic resume from
+the newest checkpoint in the output directory, metrics.jsonl and one log line per step.
+
+Resume is exact on CPU: batches are a pure function of the step (PackedBatches), the model has no
+dropout, and the checkpoint holds the weights and AdamW's moments, so a run killed and resumed
+logs the same losses as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from llmpipe.log import log
+
+CHECKPOINTS = "checkpoints"
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class LoopConfig:
+    max_steps: int
+    grad_clip: float = 1.0
+    eval_every: int = 0  # 0: only at the end
+    checkpoint_every: int = 0  # 0: only at the end
+    keep_last: int = 2
+    tokens_per_step: int = 0  # global tokens per optimizer step, for tokens/s
+    flops_per_token: float = 0.0  # for MFU
+    peak_flops: float = 0.0  # per process; 0 leaves MFU out
+
+
+def peak_flops(device: str) -> float:
+    """Peak FLOP/s of one device: a table for CUDA (bf16 dense), a measured fp32 matmul on CPU."""
+    import torch
+
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name(device)
+        for key, flops in (("H100", 989e12), ("H200", 989e12), ("A100", 312e12), ("L4", 121e12), ("A10", 125e12), ("4090", 165e12), ("3090", 71e12)):
+            if key in name:
+                return flops
+        return 0.0
+    if device != "cpu":
+        return 0.0
+    return measured_matmul_flops()
+
+
+def measured_matmul_flops(n: int = 1024, repeats: int = 10) -> float:
+    """Best-of-`repeats` fp32 n x n matmul FLOP/s in this process (~140 GFLOP/s on 2 EPYC cores; lower when the machine is shared)."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def checkpoint_dirs(out: Path) -> list[tuple[int, Path]]:
+    """(step, path) of complete checkpoints, oldest first (save_checkpoint renames into place, so any that exists is whole)."""
+    root = Path(out) / CHECKPOINTS
+    found = []
+    for d in root.glob("step-*") if root.is_dir() else []:
+        if d.name[5:].isdigit() and (d / "model.safetensors").exists():
+            found.append((int(d.name[5:]), d))
+    return sorted(found)
+
+
+def _autocast(device: str):
+    import contextlib
+
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train(
+    model, optimizer, lr_schedule: Callable[[int], float], micro_batches: Callable[[int], Iterable], loss_fn: Callable,
+    out: Path, cfg: LoopConfig, dist, *, config_json: dict, eval_fn: Callable | None = None, compile: bool = False,
+) -> list[dict]:
+    """Train `model` to cfg.max_steps, resuming from the newest checkpoint in out/checkpoints; returns the eval records.
+
+    micro_batches(step) yields this rank's micro-batches of an optimizer step; loss_fn(model, batch)
+    -> loss (the mean over the micro-batch); eval_fn(model) -> dict of metrics, run on every rank.
+    """
+    import torch
+
+    from llmpipe.artifacts.checkpoint import load_checkpoint, save_checkpoint
+    from llmpipe.train.optim import load_optimizer_tensors, optimizer_tensors
+
+    out = Path(out)
+    raw = model
+    names = {p: n for n, p in raw.named_parameters()}
+    start = 0
+    found = checkpoint_dirs(out)
+    if found:
+        step, path = found[-1]
+        tensors, _, state, opt = load_checkpoint(path, device="cpu")
+        raw.load_state_dict(tensors)
+        load_optimizer_tensors(optimizer, names, opt or {})
+        start = int(state["step"])
+        log(f"resuming from {path} (step {start}/{cfg.max_steps})")
+    if dist.is_main:
+        # a run killed after its last checkpoint evaluates again below: drop the first evaluation of that step
+        _truncate_metrics(out / METRICS, start, drop_eval_at_end=start >= cfg.max_steps)
+    if dist.ddp:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(model, device_ids=[dist.local_rank] if dist.device.startswith("cuda") else None)
+    if compile:
+        model = torch.compile(model)
+    evals: list[dict] = []
+
+    def save(step: int) -> None:
+        if dist.is_main:
+            save_checkpoint(out / CHECKPOINTS / f"step-{step}", raw.state_dict(), config_json, {"step": step},
+                            {k: v.cpu() for k, v in optimizer_tensors(optimizer, names).items()})
+            for _, old in checkpoint_dirs(out)[:-cfg.keep_last] if cfg.keep_last > 0 else []:
+                shutil.rmtree(old, ignore_errors=True)
+        if dist.ddp:
+            torch.distributed.barrier()
+
+    def evaluate(step: int) -> None:
+        if eval_fn is None:
+            return
+        raw.eval()
+        with torch.no_grad(), _autocast(dist.device):
+            record = {"step": step, **eval_fn(raw)}
+        raw.train()
+        evals.append(record)
+        if dist.is_main:
+            _append(out / METRICS, {"eval": True, **record})
+            log(f"step {step}/{cfg.max_steps} | " + " | ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "step"))
+
+    model.train()
+    t_start, tokens_done = time.time(), 0
+    for step in range(start, cfg.max_steps):
+        t0 = time.time()
+        lr = lr_schedule(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batches = list(micro_batches(step))
+        total = torch.zeros((), device=dist.device)
+        for k, batch in enumerate(batches):
+            sync = k == len(batches) - 1
+            ctx = model.no_sync() if dist.ddp and not sync and hasattr(model, "no_sync") else _nullcontext()
+            with ctx:  # no_sync: gradients are all-reduced once, on the last micro-batch
+                with _autocast(dist.device):
+                    loss = loss_fn(model, batch) / len(batches)
+                loss.backward()
+            total += loss.detach()
+        if dist.ddp:
+            torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.AVG)
+        grad_norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_value = total.item()  # syncs the device, so dt below is real
+        dt = time.time() - t0
+        tokens_done += cfg.tokens_per_step
+        tok_s = cfg.tokens_per_step / dt
+        record = {"step": step + 1, "loss": loss_value, "lr": lr, "grad_norm": round(float(grad_norm), 5), "tokens_per_s": round(tok_s, 1), "dt": round(dt, 4)}
+        if cfg.peak_flops and cfg.flops_per_token:
+            record["flops_per_s"] = round(cfg.flops_per_token * tok_s / dist.world_size, 0)  # per process
+            record["mfu"] = round(cfg.flops_per_token * tok_s / (cfg.peak_flops * dist.world_size), 4)
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"loss is {loss_value} at step {step + 1}; lower lr or raise warmup_steps")
+        if dist.is_main:
+            _append(out / METRICS, record)
+            remaining = (cfg.max_steps - step - 1) * (time.time() - t_start) / max(1, step + 1 - start)
+            mfu = f" | mfu {record['mfu']:.1%}" if "mfu" in record else ""
+            log(f"step {step + 1}/{cfg.max_steps} | loss {loss_value:.4f} | lr {lr:.2e} | norm {float(grad_norm):.3f} | "
+                f"dt {dt * 1000:.0f}ms | tok/s {tok_s:,.0f}{mfu} | eta {remaining / 60:.1f}m")
+        done = step + 1 == cfg.max_steps
+        if done or (cfg.eval_every and (step + 1) % cfg.eval_every == 0):
+            evaluate(step + 1)
+        if done or (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0):
+            save(step + 1)
+    if start >= cfg.max_steps and eval_fn is not None:  # everything was done before a kill after the last checkpoint
+        evaluate(cfg.max_steps)
+    return evals
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _append(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _truncate_metrics(path: Path, step: int, drop_eval_at_end: bool = False) -> None:
+    """Drop records past the checkpoint we resume from, so the file reads like an uninterrupted run."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by the kill
+            continue
+        if record.get("step", 0) < step or (record.get("step", 0) == step and not (drop_eval_at_end and record.get("eval"))):
+            keep.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
+
+
+def read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
+    """(train records, eval records) of a metrics.jsonl."""
+    train_records, eval_records = [], []
+    for line in Path(path).read_text().splitlines():
+        record = json.loads(line)
+        (eval_records if record.get("eval") else train_records).append(record)
+    return train_records, eval_records
+
+
+def loss_png(path: Path, metrics: Path, title: str) -> None:
+    """Training loss per step, and validation loss where it was measured."""
+    from llmpipe.artifacts.layout import atomic_path
+    from llmpipe.plots import _pyplot
+
+    train_records, eval_records = read_metrics(metrics)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["step"] for r in train_records], [r["loss"] for r in train_records], lw=1, label="train loss")
+    if eval_records and "val_loss" in eval_records[0]:
+        ax.plot([r["step"] for r in eval_records], [r["val_loss"] for r in eval_records], "o-", label="val loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(title, fontsize=10)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

@@ -1,0 +1,222 @@
+"""Pretrain a Llama-style model on token shards; the output is a checkpoint transformers loads as it is.
+
+Input: a tokenize artifact (train split, and val split for validation loss and bits per byte).
+Output: model.safetensors + config.json (HF LlamaConfig) + the tokenizer files at the artifact
+root, so `AutoModelForCausalLM.from_pretrained(out)` and `AutoTokenizer.from_pretrained(out)` work;
+checkpoints/step-N/ (the last keep_last, with AdamW state, for resume), metrics.jsonl, loss.png.
+A killed run re-run with the same params resumes from its newest checkpoint. Under torchrun
+(nproc_per_node > 1, or Slurm) it trains with DDP; batch_tokens is the global batch.
+
+    llmpipe pretrain --input runs/pretrain/tokens --tokenizer runs/pretrain/tokenizer --output runs/pretrain/model --max-steps 200
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llmpipe.registry import Plan, Stage
+
+MODEL_PRESETS = ("tiny", "small", "124m", "350m")  # the keys of llmpipe.model.PRESETS (importing it would import torch)
+TOKENIZER_FILES = ("tokenizer.model", "special_tokens.json", "tokenizer.json", "tokenizer_config.json")
+
+
+@dataclass(frozen=True)
+class Params:
+    tokenizer: str = field(default="", metadata={"help": "Tokenizer artifact the tokens were made with; copied into the checkpoint so transformers loads it."})
+    model: str = field(default="tiny", metadata={"help": "Size preset: tiny (~1M), small (~10M), 124m, 350m; n_layer etc. override it."})
+    n_layer: int = field(default=0, metadata={"help": "Transformer blocks (0: the preset's)."})
+    n_embd: int = field(default=0, metadata={"help": "Hidden size (0: the preset's)."})
+    n_head: int = field(default=0, metadata={"help": "Attention heads (0: the preset's)."})
+    n_kv_head: int = field(default=0, metadata={"help": "Key/value heads for grouped-query attention (0: the preset's)."})
+    rope_theta: float = field(default=10000.0, metadata={"help": "RoPE base frequency."})
+    tie_embeddings: bool = field(default=True, metadata={"help": "Share the input embedding with lm_head (saves vocab x n_embd parameters)."})
+    seq_len: int = field(default=256, metadata={"help": "Tokens per training sequence (also the model's max_position_embeddings)."})
+    batch_tokens: int = field(default=4096, metadata={"help": "Tokens per optimizer step over all ranks; grad accumulation makes up the rest."})
+    micro_batch: int = field(default=8, metadata={"help": "Sequences per forward/backward on one rank."})
+    lr: float = field(default=3e-3, metadata={"help": "Peak learning rate (small models take large rates; nanoGPT's baby shakespeare uses 1e-3)."})
+    min_lr: float = field(default=3e-4, metadata={"help": "Learning rate at the end of the schedule."})
+    warmup_steps: int = field(default=20, metadata={"help": "Linear warmup steps."})
+    schedule: str = field(default="cosine", metadata={"help": "cosine, or wsd (warmup-stable-decay, decay over the last 20%)."})
+    max_steps: int = field(default=200, metadata={"help": "Optimizer steps to train."})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay on matrices (not on norms)."})
+    grad_clip: float = field(default=1.0, metadata={"help": "Clip the global gradient norm to this (0: no clipping)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the initial weights and of the batch order."})
+    eval_every: int = field(default=50, metadata={"help": "Steps between validation evaluations (0: only at the end)."})
+    eval_steps: int = field(default=8, metadata={"help": "Validation batches (of micro_batch x seq_len per rank) per evaluation."})
+    checkpoint_every: int = field(default=50, metadata={"help": "Steps between checkpoints (0: only at the end)."})
+    keep_last: int = field(default=2, metadata={"help": "Checkpoints kept under checkpoints/ (older ones are deleted)."})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model (pays off on long CUDA runs; the first step is slow)."})
+    activation_checkpointing: bool = field(default=False, metadata={"help": "Recompute each block's activations in backward to save memory."})
+    nproc_per_node: int = field(default=1, metadata={"help": "Training processes per node (torchrun, DDP); 1 trains in this process."})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps."})
+
+    def __post_init__(self):
+        if self.model not in MODEL_PRESETS:
+            raise ValueError(f"model: expected one of {', '.join(MODEL_PRESETS)}, got {self.model!r}")
+        if self.schedule not in ("cosine", "wsd"):
+            raise ValueError(f"schedule: expected cosine or wsd, got {self.schedule!r}")
+        if min(self.seq_len, self.micro_batch, self.max_steps, self.nproc_per_node, self.batch_tokens) < 1:
+            raise ValueError("seq_len, micro_batch, max_steps, nproc_per_node and batch_tokens: expected at least 1")
+        per_pass = self.micro_batch * self.seq_len * self.nproc_per_node
+        if self.batch_tokens % per_pass:
+            raise ValueError(f"batch_tokens: {self.batch_tokens} is not a multiple of micro_batch x seq_len x nproc_per_node = {per_pass}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"min_lr: expected a number in [0, lr={self.lr}], got {self.min_lr}")
+
+
+def model_config(p: Params, vocab_size: int, special: dict):
+    from llmpipe.model import ModelConfig
+
+    sizes = {k: v for k, v in (("n_layer", p.n_layer), ("n_embd", p.n_embd), ("n_head", p.n_head), ("n_kv_head", p.n_kv_head)) if v}
+    if "n_head" in sizes and "n_kv_head" not in sizes:
+        sizes["n_kv_head"] = sizes["n_head"]
+    return ModelConfig.preset(
+        p.model, vocab_size=vocab_size, max_seq_len=p.seq_len, rope_theta=p.rope_theta, tie_embeddings=p.tie_embeddings,
+        bos_token_id=special.get("bos", 1), eos_token_id=special.get("eos", 2), pad_token_id=special.get("pad", 3), **sizes,
+    )
+
+
+def plan(params: Params, inputs) -> Plan:
+    if len(inputs) != 1:
+        raise ValueError(f"inputs: expected one tokenize artifact, got {len(inputs)}")
+    files = ["model.safetensors", "config.json", "metrics.jsonl", "loss.png"]
+    if params.tokenizer:
+        tok = Path(params.tokenizer)
+        files += [f for f in TOKENIZER_FILES if (tok / f).exists()] if tok.is_dir() else ["tokenizer.model"]
+    return Plan(phases=[("train", [{}])], files=files)
+
+
+def token_bytes(tokenizer_path: str, vocab_size: int):
+    """UTF-8 bytes each token id stands for (0 for control tokens), to turn nats per token into bits per byte."""
+    import torch
+
+    from llmpipe.text.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_path)
+    sp = tok.sp
+    sizes = torch.zeros(vocab_size, dtype=torch.float64)
+    for i in range(min(vocab_size, sp.get_piece_size())):
+        if sp.is_control(i) or sp.is_unknown(i):
+            continue
+        if sp.is_byte(i):
+            sizes[i] = 1
+        else:
+            sizes[i] = len(sp.id_to_piece(i).replace("\u2581", " ").encode("utf-8"))
+    return sizes
+
+
+def train_task(ctx, task: dict) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from llmpipe.artifacts.manifest import read_manifest
+    from llmpipe.model import Model
+    from llmpipe.train.data import PackedBatches, split_shards
+    from llmpipe.train.dist import init_distributed, shutdown_distributed
+    from llmpipe.train.loop import LoopConfig, loss_png, peak_flops, train
+    from llmpipe.train.optim import lr_at, make_optimizer
+
+    p: Params = ctx.params
+    tokens = Path(ctx.inputs[0].path)
+    manifest = read_manifest(tokens)
+    dist = init_distributed(p.device)
+    try:
+        cfg = model_config(p, manifest["vocab_size"], manifest.get("special_tokens", {}))
+        torch.manual_seed(p.seed)
+        model = Model(cfg).to(dist.device)
+        model.activation_checkpointing = p.activation_checkpointing
+        per_pass = p.micro_batch * p.seq_len * dist.world_size
+        if p.batch_tokens % per_pass:
+            raise ValueError(f"batch_tokens {p.batch_tokens} is not a multiple of micro_batch x seq_len x world size {dist.world_size}")
+        accum = p.batch_tokens // per_pass
+        data = PackedBatches.from_artifact(tokens, "train", seq_len=p.seq_len, batch_size=p.micro_batch * accum, seed=p.seed,
+                                           rank=dist.rank, world_size=dist.world_size)
+
+        def micro_batches(step: int):
+            x, y = data.batch(step, dist.device)  # [micro_batch * accum, seq_len] each
+            for k in range(accum):
+                yield x[k * p.micro_batch:(k + 1) * p.micro_batch], y[k * p.micro_batch:(k + 1) * p.micro_batch]
+
+        def loss_fn(m, batch):
+            return m(batch[0], batch[1])[1]
+
+        eval_fn = None  # no validation split: train loss only
+        if "val" in manifest.get("splits", {}) and manifest["splits"]["val"]["tokens"] > p.seq_len * p.micro_batch * dist.world_size:
+            val = PackedBatches(split_shards(tokens, "val"), seq_len=p.seq_len, batch_size=p.micro_batch, seed=0,
+                                rank=dist.rank, world_size=dist.world_size, shuffle=False)
+            sizes = token_bytes(p.tokenizer, cfg.vocab_size).to(dist.device) if p.tokenizer else None
+            n_eval = min(p.eval_steps, val.steps_per_epoch)
+
+            def eval_fn(m):
+                sums = torch.zeros(3, dtype=torch.float64, device=dist.device)  # nats, tokens, bytes
+                for s in range(n_eval):
+                    x, y = val.batch(s, dist.device)
+                    logits, _ = m(x)
+                    nats = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1), reduction="none")
+                    sums[0] += nats.double().sum()
+                    sums[1] += nats.numel()
+                    if sizes is not None:  # bits per byte counts the nats of every token against the bytes it stands for
+                        sums[2] += sizes[y.reshape(-1)].sum()
+                if dist.ddp:
+                    torch.distributed.all_reduce(sums)
+                out = {"val_loss": (sums[0] / sums[1]).item()}
+                if sizes is not None and sums[2] > 0:
+                    out["val_bpb"] = (sums[0] / sums[2]).item() / math.log(2)
+                return out
+
+        optimizer = make_optimizer(model, p.lr, p.weight_decay, device=dist.device)
+        loop = LoopConfig(
+            max_steps=p.max_steps, grad_clip=p.grad_clip, eval_every=p.eval_every, checkpoint_every=p.checkpoint_every,
+            keep_last=p.keep_last, tokens_per_step=p.batch_tokens, flops_per_token=model.estimate_flops(p.seq_len),
+            peak_flops=peak_flops(dist.device),
+        )
+        schedule = lambda step: lr_at(step, lr=p.lr, min_lr=p.min_lr, warmup_steps=p.warmup_steps, max_steps=p.max_steps, schedule=p.schedule)  # noqa: E731
+        hf_config = cfg.to_hf()
+        evals = train(model, optimizer, schedule, micro_batches, loss_fn, ctx.out, loop, dist, config_json=hf_config,
+                      eval_fn=eval_fn, compile=p.compile)
+        if dist.is_main:
+            write_final(ctx.out, model, hf_config, p.tokenizer)
+            loss_png(ctx.out / "loss.png", ctx.out / "metrics.jsonl", f"pretrain: {cfg.n_layer} layers, d {cfg.n_embd}, {model.num_params() / 1e6:.2f}M params")
+        final = evals[-1] if evals else {}
+        return {"counts": {"steps": p.max_steps, "tokens": p.max_steps * p.batch_tokens, "parameters": model.num_params()},
+                "metrics": {k: round(v, 5) for k, v in final.items() if k != "step"}, "world_size": dist.world_size}
+    finally:
+        shutdown_distributed()
+
+
+def write_final(out: Path, model, hf_config: dict, tokenizer: str) -> None:
+    """The artifact root: weights, config and tokenizer files, each renamed into place."""
+    from safetensors.torch import save_file
+
+    from llmpipe.artifacts.layout import atomic_path
+
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    with atomic_path(out / "config.json") as tmp:
+        tmp.write_text(json.dumps(hf_config, indent=1, sort_keys=True))
+    if tokenizer:
+        tok = Path(tokenizer)
+        for name in TOKENIZER_FILES if tok.is_dir() else ():
+            if (tok / name).exists():
+                with atomic_path(out / name) as tmp:
+                    shutil.copyfile(tok / name, tmp)
+        if tok.is_file():
+            with atomic_path(out / "tokenizer.model") as tmp:
+                shutil.copyfile(tok, tmp)
+
+
+def finalize(ctx, stats: dict, records: dict) -> dict:
+    record = records["train"][0]["stats"]
+    return {"counts": record.get("counts", {}), "metrics": record.get("metrics", {}), "world_size": record.get("world_size", 1),
+            "stats": {"counts": record.get("counts", {})}}
+
+
+STAGE = Stage(
+    name="pretrain", version=1, params=Params, doc=__doc__, plan=plan, run_task={"train": train_task}, finalize=finalize,
+    output_kind="checkpoint", launcher="torchrun", input_kinds=("tokens",), path_params=("tokenizer",),
+)
