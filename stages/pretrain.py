@@ -212,11 +212,36 @@ def write_final(out: Path, model, hf_config: dict, tokenizer: str) -> None:
 
 def finalize(ctx, stats: dict, records: dict) -> dict:
     record = records["train"][0]["stats"]
-    return {"counts": record.get("counts", {}), "metrics": record.get("metrics", {}), "world_size": record.get("world_size", 1),
-            "stats": {"counts": record.get("counts", {})}}
+    result = {"counts": record.get("counts", {}), "metrics": record.get("metrics", {}), "world_size": record.get("world_size", 1),
+              "stats": {"counts": record.get("counts", {})}}
+    if ctx.params.tokenizer:
+        result["samples"] = samples(ctx.out, ctx.params.tokenizer)
+    return result
+
+
+def samples(checkpoint, tokenizer_path: str, prompt: str = "The", new_tokens: int = 40) -> dict:
+    """A greedy and a top-p continuation of `prompt` (KV cache), logged so a run shows what it learned."""
+    import torch
+
+    from llmpipe.artifacts.checkpoint import load_checkpoint
+    from llmpipe.log import log
+    from llmpipe.model import Model, ModelConfig
+    from llmpipe.text.tokenizer import load_tokenizer
+
+    tensors, config, _, _ = load_checkpoint(checkpoint)
+    model = Model(ModelConfig.from_hf(config))
+    model.load_state_dict(tensors, strict=False)  # lm_head may be tied to the embedding
+    tok = load_tokenizer(tokenizer_path)
+    idx = torch.tensor([[tok.special["bos"], *tok.encode(prompt)]])
+    out = {}
+    for name, kwargs in (("greedy", {}), ("top_p", {"temperature": 0.8, "top_p": 0.9, "generator": torch.Generator().manual_seed(0)})):
+        ids = model.generate(idx, new_tokens, eos_token_id=tok.special["eos"], **kwargs)[0, 1:].tolist()
+        out[name] = tok.decode(ids)
+        log(f"sample ({name}): {out[name]!r}")
+    return out
 
 
 STAGE = Stage(
-    name="pretrain", version=1, params=Params, doc=__doc__, plan=plan, run_task={"train": train_task}, finalize=finalize,
+    name="pretrain", version=2, params=Params, doc=__doc__, plan=plan, run_task={"train": train_task}, finalize=finalize,
     output_kind="checkpoint", launcher="torchrun", input_kinds=("tokens",), path_params=("tokenizer",),
 )
