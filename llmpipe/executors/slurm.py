@@ -4,7 +4,7 @@ Each array element runs `llmpipe task <artifact> --phase P` and picks its task f
 SLURM_ARRAY_TASK_ID; only tasks without a completion record are submitted, so re-submitting after
 a failure or preemption does only the missing work. Training steps run as one job of
 `srun torchrun` across the requested nodes. Scripts are written to `<artifact>/_logs/` to read
-and re-submit by hand; configuration reaches the jobs as `_run.json`, never as a pickle.
+and re-submit by hand; configuration reaches the jobs as `_run.json` (never pickled).
 """
 
 from __future__ import annotations
