@@ -168,6 +168,21 @@ def inspect(artifact, rows):
     inspect_artifact(artifact, rows)
 
 
+@cli.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--prompt", default="", help="Text to continue.")
+@click.option("--max-new-tokens", default=64, show_default=True, help="Tokens to generate.")
+@click.option("--temperature", default=0.0, show_default=True, help="0 is greedy; above 0 samples.")
+@click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling: keep the smallest set of tokens with this much probability.")
+@click.option("--seed", default=0, show_default=True, help="Sampling seed.")
+def generate(checkpoint, prompt, max_new_tokens, temperature, top_p, seed):
+    """Continue a prompt with a pretrain checkpoint (KV cache; greedy or top-p)."""
+    from llmpipe.generate import generate_text, load_for_generation
+
+    model, tok = load_for_generation(checkpoint)
+    click.echo(generate_text(model, tok, prompt, max_new_tokens, temperature, top_p, seed))  # prompt included
+
+
 @cli.command(hidden=True)
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--phase", type=int)

@@ -221,22 +221,13 @@ def finalize(ctx, stats: dict, records: dict) -> dict:
 
 def samples(checkpoint, tokenizer_path: str, prompt: str = "The", new_tokens: int = 40) -> dict:
     """A greedy and a top-p continuation of `prompt` (KV cache), logged so a run shows what it learned."""
-    import torch
-
-    from llmpipe.artifacts.checkpoint import load_checkpoint
+    from llmpipe.generate import generate_text, load_for_generation
     from llmpipe.log import log
-    from llmpipe.model import Model, ModelConfig
-    from llmpipe.text.tokenizer import load_tokenizer
 
-    tensors, config, _, _ = load_checkpoint(checkpoint)
-    model = Model(ModelConfig.from_hf(config))
-    model.load_state_dict(tensors, strict=False)  # lm_head may be tied to the embedding
-    tok = load_tokenizer(tokenizer_path)
-    idx = torch.tensor([[tok.special["bos"], *tok.encode(prompt)]])
+    model, tok = load_for_generation(checkpoint, tokenizer_path, complete=False)
     out = {}
-    for name, kwargs in (("greedy", {}), ("top_p", {"temperature": 0.8, "top_p": 0.9, "generator": torch.Generator().manual_seed(0)})):
-        ids = model.generate(idx, new_tokens, eos_token_id=tok.special["eos"], **kwargs)[0, 1:].tolist()
-        out[name] = tok.decode(ids)
+    for name, kwargs in (("greedy", {}), ("top_p", {"temperature": 0.8, "top_p": 0.9})):
+        out[name] = generate_text(model, tok, prompt, new_tokens, **kwargs)
         log(f"sample ({name}): {out[name]!r}")
     return out
 

@@ -13,7 +13,7 @@ import time
 import pytest
 
 import llmpipe
-from tests.conftest import REPO, write
+from tests.conftest import REPO, run_cli, write
 
 pytest.importorskip("torch")
 pytest.importorskip("sentencepiece")
@@ -76,6 +76,15 @@ def test_tiny_model_learns_and_transformers_loads_it(tokens, tmp_path):
     ours.load_state_dict(load_file(str(out / "model.safetensors")))
     with torch.no_grad():
         assert (ours(ids)[0] - hf(ids).logits).abs().max() < 1e-4
+
+    # samples in the manifest, and `llmpipe generate` continues a prompt with the same model
+    assert set(m["samples"]) == {"greedy", "top_p"}
+    greedy = run_cli("generate", str(out), "--prompt", "ROMEO:", "--max-new-tokens", "12", cwd=tmp_path, check=True).stdout
+    assert greedy.startswith("ROMEO:") and len(greedy) > len("ROMEO:\n")  # a tiny model may well continue with newlines
+    again = run_cli("generate", str(out), "--prompt", "ROMEO:", "--max-new-tokens", "12", cwd=tmp_path, check=True).stdout
+    assert again == greedy, "greedy decoding is deterministic"
+    hf_ids = hf.generate(tok("ROMEO:", return_tensors="pt").input_ids, max_new_tokens=12, do_sample=False)
+    assert greedy[:-1] == tok.decode(hf_ids[0], skip_special_tokens=True), "same continuation as transformers"
 
 
 def test_bad_batch_geometry_is_a_one_line_error(tokens, tmp_path):
