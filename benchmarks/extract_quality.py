@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
 import re
 import statistics
 import sys
@@ -53,6 +52,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from _machine import pin_to_one_core  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from typing import Callable
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "web"
@@ -236,15 +236,6 @@ def timed_pass(result: Result, pages: list[Page]) -> None:
     result.cpu_seconds.append(time.process_time() - start)
     if first:
         result.outputs = outputs
-
-
-def pin_to_one_core() -> str:
-    try:
-        cpu = min(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {cpu})
-        return f"pinned to CPU {cpu}"
-    except (AttributeError, OSError):
-        return "not pinned (no sched_setaffinity)"
 
 
 def main() -> None:

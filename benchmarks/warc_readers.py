@@ -28,12 +28,12 @@ import contextlib
 import io
 import logging
 import math
-import os
 import statistics
 import sys
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from _machine import pin_to_one_core  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from typing import BinaryIO, Callable, Iterator
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "warc"
@@ -215,15 +215,6 @@ def broken_table() -> None:
             r = outcome(probe, path)
             print(f"| {path.relative_to(DATA)} | {name} | {verdict(r)} | {r['records']} | {r['responses']} "
                   f"| {r['bytes']:,} | {r['uri'][:32]} | {r['error']} |")
-
-
-def pin_to_one_core() -> str:
-    try:
-        cpu = min(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {cpu})
-        return f"pinned to CPU {cpu}"
-    except (AttributeError, OSError):
-        return "not pinned"
 
 
 def main() -> None:
