@@ -1,12 +1,19 @@
-"""Training speed: llmpipe's Llama model vs a minimal nanoGPT-style GPT of the same shape, in the same run.
+"""Training speed: llmpipe's Llama model vs a minimal nanoGPT-style GPT of the same size, in the same run.
 
-One step = forward + backward + grad clip + AdamW, fp32 on CPU (bf16 autocast on CUDA). Steps of
-the two models alternate in rounds so machine load hits both alike; the script prints tokens/s,
-achieved FLOP/s (6N + attention per token) against a measured fp32 matmul peak (CPU) or the
-device's bf16 peak (CUDA: MFU), and the llmpipe/nanoGPT ratio.
+One step = forward + backward + grad clip + AdamW, each model with its own optimizer setup
+(llmpipe: `make_optimizer`, fused AdamW; nanoGPT: its CPU default, the per-parameter loop), fp32
+on CPU, bf16 autocast on CUDA. "Same size": same layers, width and heads, and llmpipe's SwiGLU
+width chosen so both have the same parameter count (Llama's 8/3 rule rounded to 64 gives ~6% more
+parameters at these widths; `--llama-rule` adds that model as a third row).
+
+This machine is shared and its speed drifts by +-10% within seconds, so the models take single
+steps in turn (A B A B ...) and the script reports the median step time of each and the median
+over rounds of the per-round ratio (with its interquartile range): neighbouring steps see the
+same machine. Achieved FLOP/s counts 6N + attention per token, against a measured fp32 matmul
+peak (CPU) or the device's bf16 peak (CUDA: MFU).
 
     nice python benchmarks/train_speed.py                       # nanoGPT's baby-shakespeare shape (0.8M)
-    nice python benchmarks/train_speed.py --n-layer 6 --n-embd 384 --n-head 6 --seq-len 256 --batch 8   # 10.7M
+    nice python benchmarks/train_speed.py --n-layer 6 --n-embd 384 --n-head 6 --seq-len 256 --batch 8 --rounds 40   # 10.7M
 """
 
 from __future__ import annotations
@@ -64,6 +71,11 @@ class NanoGPT(nn.Module):
         return 6 * n + 12 * n_layer * d * seq_len
 
 
+def equal_size_intermediate(n_layer: int, d: int) -> int:
+    """SwiGLU width giving a block nanoGPT's parameter count: 3 d I + 4 d^2 + 2 d = 12 d^2 + 13 d, rounded to 8."""
+    return 8 * round((8 * d * d + 11 * d) / (3 * d) / 8)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-layer", type=int, default=4)
@@ -72,20 +84,25 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=65, help="65: nanoGPT's shakespeare_char")
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--batch", type=int, default=12)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=10, help="steps per model per round")
+    ap.add_argument("--rounds", type=int, default=200, help="steps per model, taken in turn")
+    ap.add_argument("--llama-rule", action="store_true", help="also time llmpipe at Llama's default SwiGLU width")
     ap.add_argument("--compile", action="store_true")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    shape = dict(vocab_size=args.vocab, n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head, n_kv_head=args.n_head,
+                 max_seq_len=args.seq_len)
+    configs = {"llmpipe": ModelConfig(**shape, intermediate_size=equal_size_intermediate(args.n_layer, args.n_embd))}
+    if args.llama_rule:
+        configs["llmpipe 8/3"] = ModelConfig(**shape)
+    models = {}
+    for name, cfg in configs.items():
+        torch.manual_seed(0)
+        m = Model(cfg).to(device)
+        models[f"{name} (I={cfg.intermediate_size})"] = (m, m.estimate_flops(args.seq_len), make_optimizer(m, 1e-3, 0.1, device=device))
     torch.manual_seed(0)
-    ours = Model(ModelConfig(vocab_size=args.vocab, n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head,
-                             n_kv_head=args.n_head, max_seq_len=args.seq_len)).to(device)
     nano = NanoGPT(args.vocab, args.seq_len, args.n_layer, args.n_embd, args.n_head).to(device)
-    models = {
-        "llmpipe": (ours, ours.estimate_flops(args.seq_len), make_optimizer(ours, 1e-3, 0.1, device=device)),
-        "nanoGPT": (nano, nano.flops_per_token(args.seq_len, args.n_layer, args.n_embd),
-                    torch.optim.AdamW(nano.parameters(), lr=1e-3, betas=(0.9, 0.95), fused=device == "cuda" or None)),
-    }
+    models["nanoGPT"] = (nano, nano.flops_per_token(args.seq_len, args.n_layer, args.n_embd),
+                         torch.optim.AdamW(nano.parameters(), lr=1e-3, betas=(0.9, 0.95), fused=device == "cuda" or None))
     if args.compile:
         models = {k: (torch.compile(m), f, o) for k, (m, f, o) in models.items()}
     x = torch.randint(0, args.vocab, (args.batch, args.seq_len), device=device)
@@ -99,34 +116,38 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return loss
+        loss.item()
+
+    def timed_step(model, opt) -> float:
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        step(model, opt)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t
 
     for model, _, opt in models.values():  # warm-up (and compilation)
-        for _ in range(3):
+        for _ in range(5):
             step(model, opt)
     times: dict[str, list[float]] = {k: [] for k in models}
     for _ in range(args.rounds):
         for name, (model, _, opt) in models.items():
-            if device == "cuda":
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            for _ in range(args.steps):
-                loss = step(model, opt)
-            loss.item()
-            times[name].append((time.perf_counter() - t) / args.steps)
+            times[name].append(timed_step(model, opt))
     peak = peak_flops(device) if device == "cuda" else measured_matmul_flops()
     tokens = args.batch * args.seq_len
-    params = {k: sum(p.numel() for p in m.parameters()) for k, (m, _, _) in models.items()}
-    print(f"device {device}, threads {torch.get_num_threads()}, {tokens} tokens/step, "
-          f"{'bf16 peak (table)' if device == 'cuda' else 'fp32 matmul peak (measured, 1024^2)'} {peak / 1e9:.0f} GFLOP/s")
-    rates = {}
-    for name, (_, flops, _) in models.items():
+    print(f"device {device}, threads {torch.get_num_threads()}, {tokens} tokens/step, {args.rounds} steps per model in turn, "
+          f"{'bf16 peak (table)' if device == 'cuda' else 'fp32 matmul peak (measured, 1024^2)'} {peak / 1e9:.0f} GFLOP/s\n")
+    print("| model | params | tokens/s | GFLOP/s | " + ("MFU" if device == "cuda" else "of peak") + " | step ms (median) | vs nanoGPT (median of per-round ratios, IQR) |")
+    print("|---|---|---|---|---|---|---|")
+    for name, (model, flops, _) in models.items():
         dt = statistics.median(times[name])
-        rates[name] = tokens / dt
-        achieved = flops * rates[name]
-        print(f"{name:8s} {params[name] / 1e6:6.2f}M params | {rates[name]:9,.0f} tokens/s | {achieved / 1e9:6.1f} GFLOP/s | "
-              f"{'MFU' if device == 'cuda' else 'of peak'} {achieved / peak:.1%} | step {dt * 1000:.1f} ms (median of {args.rounds} rounds)")
-    print(f"llmpipe / nanoGPT tokens/s: {rates['llmpipe'] / rates['nanoGPT']:.2f}x")
+        rate = tokens / dt
+        ratios = [n / t for n, t in zip(times["nanoGPT"], times[name])]
+        q1, q2, q3 = statistics.quantiles(ratios, n=4)
+        params = sum(p.numel() for p in model.parameters())
+        print(f"| {name} | {params / 1e6:.3f}M | {rate:,.0f} | {flops * rate / 1e9:.1f} | {flops * rate / peak:.1%} | {dt * 1000:.1f} | "
+              f"{q2:.3f}x ({q1:.3f}-{q3:.3f}) |")
 
 
 if __name__ == "__main__":
