@@ -145,7 +145,7 @@ class Attention(nn.Module):
         # one GEMM for q, k and v: fewer, larger kernels (the weights stay the three HF-named parameters)
         w = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
         qkv = F.linear(x, w).view(B, T, H + 2 * K, self.head_dim)
-        cos, sin = cos[:, None], sin[:, None]  # [T, 1, D/2]
+        cos, sin = cos[:, None].to(qkv.dtype), sin[:, None].to(qkv.dtype)  # [T, 1, D/2]; bf16 under autocast, as HF
         if use_cpu_ops(qkv):
             q, k, v = cpu_ops.qkv_rope(qkv, cos, sin, H, K)
         else:

@@ -86,3 +86,20 @@ def test_the_model_gives_the_same_loss_and_gradients_with_and_without_cpu_ops(mo
     # the plain RMSNorm computes in float32 (HF's `.float()`), hence a float32-sized tolerance
     assert abs(fast_loss - plain_loss) < 1e-6
     assert all((a - b).abs().max() <= 1e-5 * b.abs().max() for a, b in zip(fast_grads, plain_grads))
+
+
+def test_the_plain_path_trains_under_bf16_autocast(monkeypatch):
+    """What CUDA runs (plain formulas, bf16 autocast), here under CPU autocast: dtypes must meet in
+    attention and the loss must be the fp32 loss to bf16 precision."""
+    import llmpipe.model as model_module
+
+    monkeypatch.setattr(model_module, "CPU_OPS", False)
+    torch.manual_seed(0)
+    model = model_module.Model(model_module.ModelConfig(vocab_size=97, n_layer=2, n_embd=64, n_head=4, n_kv_head=2, max_seq_len=32))
+    x = torch.randint(0, 97, (2, 32))
+    fp32_loss = model(x, x)[1].item()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(x, x)[1]
+    loss.backward()
+    assert loss.dtype == torch.float32 and abs(loss.item() - fp32_loss) < 0.05
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
