@@ -94,7 +94,8 @@ CPU_OPS = True  # hand-written backward passes on CPU (llmpipe/cpu_ops.py); Fals
 
 
 def use_cpu_ops(x) -> bool:
-    return CPU_OPS and x.device.type == "cpu"
+    """Eager CPU only: on CUDA, and under torch.compile (which fuses the plain formulas), the plain formulas run."""
+    return CPU_OPS and x.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 class RMSNorm(nn.Module):
@@ -143,13 +144,12 @@ class Attention(nn.Module):
         B, T, C = x.shape
         H, K = self.n_head, self.n_kv_head
         # one GEMM for q, k and v: fewer, larger kernels (the weights stay the three HF-named parameters)
-        w = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
-        qkv = F.linear(x, w).view(B, T, H + 2 * K, self.head_dim)
-        cos, sin = cos[:, None].to(qkv.dtype), sin[:, None].to(qkv.dtype)  # [T, 1, D/2]; bf16 under autocast, as HF
-        if use_cpu_ops(qkv):
-            q, k, v = cpu_ops.qkv_rope(qkv, cos, sin, H, K)
+        if use_cpu_ops(x):
+            q, k, v = cpu_ops.qkv_rope(x, self.q_proj.weight, self.k_proj.weight, self.v_proj.weight, cos[:, None], sin[:, None], H, K)
         else:
-            q, k, v = qkv.split([H, K, K], dim=2)
+            qkv = F.linear(x, torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight)))
+            q, k, v = qkv.view(B, T, H + 2 * K, self.head_dim).split([H, K, K], dim=2)
+            cos, sin = cos[:, None].to(qkv.dtype), sin[:, None].to(qkv.dtype)  # [T, 1, D/2]; bf16 under autocast, as HF
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D], [B, K, T, D], [B, K, T, D]
         past = 0

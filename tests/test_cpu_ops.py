@@ -40,18 +40,28 @@ def test_rms_norm_matches_the_formula():
 
 
 @pytest.mark.parametrize("heads", [(4, 4), (4, 2)])
-def test_qkv_rope_matches_split_then_rotate(heads):
+def test_qkv_rope_gives_the_attention_scores_of_project_then_rotate(heads):
+    """cpu_ops.qkv_rope returns q and k in a permuted dimension order: every q.k product (all heads,
+    all positions) and v must equal HF's project-then-rotate, and so must the gradients."""
     H, K = heads
-    B, T, D = 2, 7, 16
+    B, T, D, C = 2, 7, 16, 24
     torch.manual_seed(0)
-    qkv = torch.randn(B, T, H + 2 * K, D, dtype=torch.float64)
+    x = torch.randn(B, T, C, dtype=torch.float64)
+    wq, wk, wv = (torch.randn(n * D, C, dtype=torch.float64) for n in (H, K, K))
     cos, sin = (t.double()[:, None] for t in rope_cache(T, D, 500.0))
+    r = torch.randn(B, T, K, D, dtype=torch.float64)
 
-    def formula(qkv):
-        q, k, v = qkv.split([H, K, K], dim=2)
-        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+    def scores(q, k, v):  # [B, H, K, T, T] products of every q head with every k head, and a function of v
+        return torch.einsum("bihd,bjkd->bhkij", q, k), (v * r).sum()
 
-    assert_same(grads(lambda t: cpu_ops.qkv_rope(t, cos, sin, H, K), qkv), grads(formula, qkv))
+    def fast(x, wq, wk, wv):
+        return scores(*cpu_ops.qkv_rope(x, wq, wk, wv, cos, sin, H, K))
+
+    def formula(x, wq, wk, wv):
+        q, k, v = ((x @ w.T).view(B, T, -1, D) for w in (wq, wk, wv))
+        return scores(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v)
+
+    assert_same(grads(fast, x, wq, wk, wv), grads(formula, x, wq, wk, wv))
 
 
 def test_swiglu_matches_the_formula():
