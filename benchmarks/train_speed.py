@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from llmpipe.model import Model, ModelConfig
 from llmpipe.train.loop import measured_matmul_flops, peak_flops
+from llmpipe.train.memory import keep_freed_memory
 from llmpipe.train.optim import make_optimizer
 
 
@@ -87,7 +88,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=200, help="steps per model, taken in turn")
     ap.add_argument("--llama-rule", action="store_true", help="also time llmpipe at Llama's default SwiGLU width")
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--glibc-default-malloc", action="store_true", help="skip llmpipe's malloc setting (it applies to both models)")
     args = ap.parse_args()
+    # llmpipe's training processes keep freed memory (llmpipe/train/memory.py); in one process it
+    # speeds both models up (nanoGPT's own train.py does not set it)
+    malloc = "glibc defaults" if args.glibc_default_malloc else f"freed memory kept: {keep_freed_memory()}"
     device = "cuda" if torch.cuda.is_available() else "cpu"
     shape = dict(vocab_size=args.vocab, n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head, n_kv_head=args.n_head,
                  max_seq_len=args.seq_len)
@@ -136,7 +141,7 @@ def main() -> None:
             times[name].append(timed_step(model, opt))
     peak = peak_flops(device) if device == "cuda" else measured_matmul_flops()
     tokens = args.batch * args.seq_len
-    print(f"device {device}, threads {torch.get_num_threads()}, {tokens} tokens/step, {args.rounds} steps per model in turn, "
+    print(f"device {device}, threads {torch.get_num_threads()}, malloc {malloc}, {tokens} tokens/step, {args.rounds} steps per model in turn, "
           f"{'bf16 peak (table)' if device == 'cuda' else 'fp32 matmul peak (measured, 1024^2)'} {peak / 1e9:.0f} GFLOP/s\n")
     print("| model | params | tokens/s | GFLOP/s | " + ("MFU" if device == "cuda" else "of peak") + " | step ms (median) | vs nanoGPT (median of per-round ratios, IQR) |")
     print("|---|---|---|---|---|---|---|")

@@ -99,8 +99,10 @@ def train(
     import torch
 
     from llmpipe.artifacts.checkpoint import load_checkpoint, save_checkpoint
+    from llmpipe.train.memory import keep_freed_memory
     from llmpipe.train.optim import load_optimizer_tensors, optimizer_tensors
 
+    keep_freed_memory()
     out = Path(out)
     raw = model
     names = {p: n for n, p in raw.named_parameters()}
