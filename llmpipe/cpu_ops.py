@@ -4,7 +4,7 @@ On CPU, autograd's graph of these formulas costs more than their arithmetic: eve
 fresh allocation and a cache-cold pass, and every split of a fused projection comes back as a cat
 in the backward pass. These functions compute the same values in fewer kernels and write each
 gradient straight into one buffer. `model.py` uses them on CPU only; on CUDA the plain formulas
-run (torch.compile fuses them there). tests/test_model.py checks values and gradients against the
+run (torch.compile fuses them there). tests/test_cpu_ops.py checks values and gradients against the
 plain formulas in float64.
 """
 
