@@ -72,7 +72,7 @@ class NanoGPT(nn.Module):
         return 6 * n + 12 * n_layer * d * seq_len
 
 
-def equal_size_intermediate(n_layer: int, d: int) -> int:
+def equal_size_intermediate(d: int) -> int:
     """SwiGLU width giving a block nanoGPT's parameter count: 3 d I + 4 d^2 + 2 d = 12 d^2 + 13 d, rounded to
     a multiple of 32 as Llama rounds its width (GEMMs run slower at odd sizes)."""
     return 32 * round((8 * d * d + 11 * d) / (3 * d) / 32)
@@ -97,7 +97,7 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     shape = dict(vocab_size=args.vocab, n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head, n_kv_head=args.n_head,
                  max_seq_len=args.seq_len)
-    configs = {"llmpipe": ModelConfig(**shape, intermediate_size=equal_size_intermediate(args.n_layer, args.n_embd))}
+    configs = {"llmpipe": ModelConfig(**shape, intermediate_size=equal_size_intermediate(args.n_embd))}
     if args.llama_rule:
         configs["llmpipe 8/3"] = ModelConfig(**shape)
     models = {}
