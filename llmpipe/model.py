@@ -144,14 +144,16 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=False)
 
-    def forward(self, x, cos, sin, cache: list | None = None):
+    def forward(self, x, norm: "RMSNorm", cos, sin, cache: list | None = None):
+        """attention(norm(x)): the norm is passed in so that the CPU path can fuse it with the projection."""
         B, T, C = x.shape
         H, K = self.n_head, self.n_kv_head
         # one GEMM for q, k and v: fewer, larger kernels (the weights stay the three HF-named parameters)
         if use_cpu_ops(x):
-            q, k, v = cpu_ops.qkv_rope(x, self.q_proj.weight, self.k_proj.weight, self.v_proj.weight, cos[:, None], sin[:, None], H, K)
+            q, k, v = cpu_ops.norm_qkv_rope(x, norm.weight, self.q_proj.weight, self.k_proj.weight, self.v_proj.weight,
+                                            cos[:, None], sin[:, None], H, K, norm.eps)
         else:
-            qkv = F.linear(x, torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight)))
+            qkv = F.linear(norm(x), torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight)))
             q, k, v = qkv.view(B, T, H + 2 * K, self.head_dim).split([H, K, K], dim=2)
             cos, sin = cos[:, None].to(qkv.dtype), sin[:, None].to(qkv.dtype)  # [T, 1, D/2]; bf16 under autocast, as HF
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -184,11 +186,12 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(cfg.n_embd, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.n_embd, bias=False)
 
-    def forward(self, x):
+    def forward(self, x, norm: "RMSNorm"):
+        """mlp(norm(x)), the norm passed in as for Attention."""
+        if use_cpu_ops(x):
+            return self.down_proj(cpu_ops.norm_swiglu(x, norm.weight, self.gate_proj.weight, self.up_proj.weight, norm.eps))
         # one matmul for gate and up: fewer, larger GEMMs (the weights stay two HF-named parameters)
-        h = F.linear(x, torch.cat((self.gate_proj.weight, self.up_proj.weight)))  # [gate | up]
-        if use_cpu_ops(h):
-            return self.down_proj(cpu_ops.swiglu(h))
+        h = F.linear(norm(x), torch.cat((self.gate_proj.weight, self.up_proj.weight)))  # [gate | up]
         gate, up = h.chunk(2, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
@@ -202,8 +205,8 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x, cos, sin, cache=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        x = x + self.self_attn(x, self.input_layernorm, cos, sin, cache)
+        return x + self.mlp(x, self.post_attention_layernorm)
 
 
 class Decoder(nn.Module):

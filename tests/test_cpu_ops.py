@@ -28,25 +28,27 @@ def assert_same(a, b, tol=1e-10):
         assert (x - y).abs().max().item() < tol
 
 
+def rms_norm_formula(x, g, eps=1e-5):
+    return g * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
 def test_rms_norm_matches_the_formula():
     torch.manual_seed(0)
     x, w = torch.randn(3, 5, 48, dtype=torch.float64) * 3, 1 + 0.1 * torch.randn(48, dtype=torch.float64)
 
-    def formula(x, w):
-        return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5))
-
-    assert_same(grads(lambda x, w: cpu_ops.rms_norm(x, w, 1e-5), x, w), grads(formula, x, w))
+    assert_same(grads(lambda x, w: cpu_ops.rms_norm(x, w, 1e-5), x, w), grads(rms_norm_formula, x, w))
     assert torch.autograd.gradcheck(lambda x, w: cpu_ops.rms_norm(x, w, 1e-5), (x[:1, :2].requires_grad_(), w.clone().requires_grad_()))
 
 
 @pytest.mark.parametrize("heads", [(4, 4), (4, 2)])
-def test_qkv_rope_gives_the_attention_scores_of_project_then_rotate(heads):
-    """cpu_ops.qkv_rope returns q and k in a permuted dimension order: every q.k product (all heads,
-    all positions) and v must equal HF's project-then-rotate, and so must the gradients."""
+def test_norm_qkv_rope_gives_the_attention_scores_of_norm_project_then_rotate(heads):
+    """cpu_ops.norm_qkv_rope returns q and k in a permuted dimension order: every q.k product (all heads,
+    all positions) and v must equal HF's norm-project-rotate, and so must the gradients of x, the norm
+    gain and the three weights."""
     H, K = heads
     B, T, D, C = 2, 7, 16, 24
     torch.manual_seed(0)
-    x = torch.randn(B, T, C, dtype=torch.float64)
+    x, g = torch.randn(B, T, C, dtype=torch.float64) * 3, 1 + 0.1 * torch.randn(C, dtype=torch.float64)
     wq, wk, wv = (torch.randn(n * D, C, dtype=torch.float64) for n in (H, K, K))
     cos, sin = (t.double()[:, None] for t in rope_cache(T, D, 500.0))
     r = torch.randn(B, T, K, D, dtype=torch.float64)
@@ -54,26 +56,32 @@ def test_qkv_rope_gives_the_attention_scores_of_project_then_rotate(heads):
     def scores(q, k, v):  # [B, H, K, T, T] products of every q head with every k head, and a function of v
         return torch.einsum("bihd,bjkd->bhkij", q, k), (v * r).sum()
 
-    def fast(x, wq, wk, wv):
-        return scores(*cpu_ops.qkv_rope(x, wq, wk, wv, cos, sin, H, K))
+    def fast(x, g, wq, wk, wv):
+        return scores(*cpu_ops.norm_qkv_rope(x, g, wq, wk, wv, cos, sin, H, K, 1e-5))
 
-    def formula(x, wq, wk, wv):
-        q, k, v = ((x @ w.T).view(B, T, -1, D) for w in (wq, wk, wv))
+    def formula(x, g, wq, wk, wv):
+        xn = rms_norm_formula(x, g)
+        q, k, v = ((xn @ w.T).view(B, T, -1, D) for w in (wq, wk, wv))
         return scores(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v)
 
-    assert_same(grads(fast, x, wq, wk, wv), grads(formula, x, wq, wk, wv))
+    assert_same(grads(fast, x, g, wq, wk, wv), grads(formula, x, g, wq, wk, wv))
 
 
-def test_swiglu_matches_the_formula():
+def test_norm_swiglu_matches_the_formula():
     torch.manual_seed(0)
-    h = torch.randn(3, 5, 2 * 24, dtype=torch.float64) * 4
+    x, g = torch.randn(3, 5, 16, dtype=torch.float64) * 3, 1 + 0.1 * torch.randn(16, dtype=torch.float64)
+    w_gate, w_up = torch.randn(24, 16, dtype=torch.float64), torch.randn(24, 16, dtype=torch.float64)
 
-    def formula(h):
-        gate, up = h.chunk(2, dim=-1)
-        return F.silu(gate) * up
+    def formula(x, g, w_gate, w_up):
+        xn = rms_norm_formula(x, g)
+        return F.silu(xn @ w_gate.T) * (xn @ w_up.T)
 
-    assert_same(grads(cpu_ops.swiglu, h), grads(formula, h))
-    assert torch.autograd.gradcheck(cpu_ops.swiglu, (h[:1, :2].clone().requires_grad_(),))
+    def fast(x, g, w_gate, w_up):
+        return cpu_ops.norm_swiglu(x, g, w_gate, w_up, 1e-5)
+
+    assert_same(grads(fast, x, g, w_gate, w_up), grads(formula, x, g, w_gate, w_up))
+    small = [t.clone().requires_grad_() for t in (x[:1, :2], g, w_gate, w_up)]
+    assert torch.autograd.gradcheck(fast, small)
 
 
 def test_the_model_gives_the_same_loss_and_gradients_with_and_without_cpu_ops(monkeypatch):
