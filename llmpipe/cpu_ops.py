@@ -99,7 +99,10 @@ def _interleaved_rows(n_rotated: int, n_plain: int, head_dim: int, device: torch
 
 
 def _as_complex(x):
-    """[..., D] real with interleaved pairs -> [..., D/2] complex view."""
+    """[..., D] real with interleaved pairs -> [..., D/2] complex view (a copy only if x's strides forbid a view:
+    attention's gradients arrive as transposed views, which need none)."""
+    if x.stride(-1) != 1 or any(s % 2 for s in x.stride()[:-1]) or x.storage_offset() % 2:
+        x = x.contiguous()
     return torch.view_as_complex(x.unflatten(-1, (-1, 2)))
 
 
@@ -122,8 +125,8 @@ class _NormQKVRope(torch.autograd.Function):
         H, K = dq.size(2), dk.size(2)
         grad = dv.new_empty(*dv.shape[:2], H + 2 * K, dv.size(-1))
         back = freqs.conj()
-        torch.mul(_as_complex(dq.contiguous()), back, out=_as_complex(grad[:, :, :H]))
-        torch.mul(_as_complex(dk.contiguous()), back, out=_as_complex(grad[:, :, H:H + K]))
+        torch.mul(_as_complex(dq), back[:, :H], out=_as_complex(grad[:, :, :H]))
+        torch.mul(_as_complex(dk), back[:, H:], out=_as_complex(grad[:, :, H:H + K]))
         grad[:, :, H + K:].copy_(dv)
         grad_xn, grad_wg = _project_backward(grad.flatten(-2), xn, wg)
         grad_gain, (grad_wq, grad_wk, grad_wv) = _gained_backward(grad_wg, w, gain, ctx.sizes, inverse_rows)
@@ -131,13 +134,19 @@ class _NormQKVRope(torch.autograd.Function):
         return grad_x, grad_gain, grad_wq, grad_wk, grad_wv, None, None, None, None
 
 
-def norm_qkv_rope(x, gain, wq, wk, wv, cos, sin, n_head: int, n_kv_head: int, eps: float):
+def rope_freqs(cos, sin, n_rotated: int):
+    """cos, sin [T, D/2] -> e^(i angle) [T, n_rotated, D/2], one row per rotated head: a multiply whose
+    operands run contiguously over heads and dimensions is ~1.4x faster than one broadcast over heads."""
+    return torch.complex(cos, sin)[:, None].expand(-1, n_rotated, -1).contiguous()
+
+
+def norm_qkv_rope(x, gain, wq, wk, wv, freqs, n_head: int, n_kv_head: int, eps: float):
     """x [B, T, C] -> RMSNorm (gain, eps) -> q [B, T, H, D], k [B, T, K, D] rotated by RoPE (HF's pairs
-    (i, i + D/2); cos, sin [T, 1, D/2]), v [B, T, K, D].
+    (i, i + D/2); freqs from `rope_freqs(cos, sin, H + K)`), v [B, T, K, D].
 
     q and k come out with each head's dimensions in interleaved pair order: the same permutation of
     both leaves every q.k product, and so attention, unchanged."""
-    return _NormQKVRope.apply(x, gain, wq, wk, wv, torch.complex(cos, sin), n_head, n_kv_head, eps)
+    return _NormQKVRope.apply(x, gain, wq, wk, wv, freqs, n_head, n_kv_head, eps)
 
 
 class _NormSwiGLU(torch.autograd.Function):

@@ -144,18 +144,19 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=False)
 
-    def forward(self, x, norm: "RMSNorm", cos, sin, cache: list | None = None):
-        """attention(norm(x)): the norm is passed in so that the CPU path can fuse it with the projection."""
+    def forward(self, x, norm: "RMSNorm", rope, cache: list | None = None):
+        """attention(norm(x)): the norm is passed in so that the CPU path can fuse it with the projection.
+        rope: `cpu_ops.rope_freqs` on the CPU path, else (cos, sin) [T, D/2]."""
         B, T, C = x.shape
         H, K = self.n_head, self.n_kv_head
         # one GEMM for q, k and v: fewer, larger kernels (the weights stay the three HF-named parameters)
         if use_cpu_ops(x):
             q, k, v = cpu_ops.norm_qkv_rope(x, norm.weight, self.q_proj.weight, self.k_proj.weight, self.v_proj.weight,
-                                            cos[:, None], sin[:, None], H, K, norm.eps)
+                                            rope, H, K, norm.eps)
         else:
             qkv = F.linear(norm(x), torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight)))
             q, k, v = qkv.view(B, T, H + 2 * K, self.head_dim).split([H, K, K], dim=2)
-            cos, sin = cos[:, None].to(qkv.dtype), sin[:, None].to(qkv.dtype)  # [T, 1, D/2]; bf16 under autocast, as HF
+            cos, sin = (t[:, None].to(qkv.dtype) for t in rope)  # [T, 1, D/2]; bf16 under autocast, as HF
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D], [B, K, T, D], [B, K, T, D]
         past = 0
@@ -204,8 +205,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.n_embd, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, cache=None):
-        x = x + self.self_attn(x, self.input_layernorm, cos, sin, cache)
+    def forward(self, x, rope, cache=None):
+        x = x + self.self_attn(x, self.input_layernorm, rope, cache)
         return x + self.mlp(x, self.post_attention_layernorm)
 
 
@@ -247,14 +248,15 @@ class Model(nn.Module):
         if past + T > self.config.max_seq_len:
             raise ValueError(f"sequence of {past + T} tokens is longer than max_seq_len {self.config.max_seq_len}")
         cos, sin = self.rope_cos[past:past + T].to(idx.device), self.rope_sin[past:past + T].to(idx.device)  # [T, D/2]
+        rope = cpu_ops.rope_freqs(cos, sin, self.config.n_head + self.config.n_kv_head) if use_cpu_ops(idx) else (cos, sin)
         x = self.model.embed_tokens(idx)  # [B, T, C]
         for i, block in enumerate(self.model.layers):
             if self.activation_checkpointing and self.training and cache is None:
                 from torch.utils.checkpoint import checkpoint
 
-                x = checkpoint(block, x, cos, sin, use_reentrant=False)
+                x = checkpoint(block, x, rope, use_reentrant=False)
             else:
-                x = block(x, cos, sin, cache[i] if cache is not None else None)
+                x = block(x, rope, cache[i] if cache is not None else None)
         x = self.model.norm(x)
         logits = self.lm_head(x)  # [B, T, V]
         loss = None

@@ -50,19 +50,19 @@ def test_norm_qkv_rope_gives_the_attention_scores_of_norm_project_then_rotate(he
     torch.manual_seed(0)
     x, g = torch.randn(B, T, C, dtype=torch.float64) * 3, 1 + 0.1 * torch.randn(C, dtype=torch.float64)
     wq, wk, wv = (torch.randn(n * D, C, dtype=torch.float64) for n in (H, K, K))
-    cos, sin = (t.double()[:, None] for t in rope_cache(T, D, 500.0))
+    cos, sin = (t.double() for t in rope_cache(T, D, 500.0))  # [T, D/2]
     r = torch.randn(B, T, K, D, dtype=torch.float64)
 
     def scores(q, k, v):  # [B, H, K, T, T] products of every q head with every k head, and a function of v
         return torch.einsum("bihd,bjkd->bhkij", q, k), (v * r).sum()
 
     def fast(x, g, wq, wk, wv):
-        return scores(*cpu_ops.norm_qkv_rope(x, g, wq, wk, wv, cos, sin, H, K, 1e-5))
+        return scores(*cpu_ops.norm_qkv_rope(x, g, wq, wk, wv, cpu_ops.rope_freqs(cos, sin, H + K), H, K, 1e-5))
 
     def formula(x, g, wq, wk, wv):
         xn = rms_norm_formula(x, g)
         q, k, v = ((xn @ w.T).view(B, T, -1, D) for w in (wq, wk, wv))
-        return scores(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v)
+        return scores(apply_rope(q, cos[:, None], sin[:, None]), apply_rope(k, cos[:, None], sin[:, None]), v)
 
     assert_same(grads(fast, x, g, wq, wk, wv), grads(formula, x, g, wq, wk, wv))
 
