@@ -76,17 +76,6 @@ def _gained_backward(grad_wg, w, gain, sizes, inverse_rows=None):
     return grad_gain, grad_w.split(sizes)
 
 
-def _project(xn, w):
-    """xn [..., C] @ w.T, through a 2-D GEMM."""
-    return torch.mm(xn.flatten(0, -2), w.t()).unflatten(0, xn.shape[:-1])
-
-
-def _project_backward(grad, xn, w):
-    """Gradients of xn and w from grad [..., O]."""
-    g2 = grad.flatten(0, -2)
-    return torch.mm(g2, w).unflatten(0, xn.shape[:-1]), torch.mm(g2.t(), xn.flatten(0, -2))
-
-
 @functools.lru_cache(maxsize=None)
 def _interleaved_rows(n_rotated: int, n_plain: int, head_dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Row order of the fused [q; k; v] weight putting each RoPE pair (i, i + D/2) of every q and k head
@@ -106,75 +95,81 @@ def _as_complex(x):
     return torch.view_as_complex(x.unflatten(-1, (-1, 2)))
 
 
-class _NormQKVRope(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, gain, wq, wk, wv, freqs, n_head: int, n_kv_head: int, eps: float):
-        H, K, D = n_head, n_kv_head, wq.size(0) // n_head
-        rows, inverse_rows = _interleaved_rows(H + K, K, D, x.device)
-        xn, rstd = _normalize(x, eps)
-        w, wg = _gained((wq, wk, wv), gain, rows)
-        qkv = _project(xn, wg).unflatten(-1, (H + 2 * K, D))  # [B, T, H + 2K, D]
-        _as_complex(qkv[:, :, :H + K]).mul_(freqs)
-        ctx.save_for_backward(x, xn, rstd, gain, w, wg, freqs, inverse_rows)
-        ctx.sizes = (wq.size(0), wk.size(0), wv.size(0))
-        return qkv.split([H, K, K], dim=2)
-
-    @staticmethod
-    def backward(ctx, dq, dk, dv):
-        x, xn, rstd, gain, w, wg, freqs, inverse_rows = ctx.saved_tensors
-        H, K = dq.size(2), dk.size(2)
-        grad = dv.new_empty(*dv.shape[:2], H + 2 * K, dv.size(-1))
-        back = freqs.conj()
-        torch.mul(_as_complex(dq), back[:, :H], out=_as_complex(grad[:, :, :H]))
-        torch.mul(_as_complex(dk), back[:, H:], out=_as_complex(grad[:, :, H:H + K]))
-        grad[:, :, H + K:].copy_(dv)
-        grad_xn, grad_wg = _project_backward(grad.flatten(-2), xn, wg)
-        grad_gain, (grad_wq, grad_wk, grad_wv) = _gained_backward(grad_wg, w, gain, ctx.sizes, inverse_rows)
-        grad_x, _ = _normalize_backward(grad_xn, x, rstd)
-        return grad_x, grad_gain, grad_wq, grad_wk, grad_wv, None, None, None, None
-
-
 def rope_freqs(cos, sin, n_rotated: int):
     """cos, sin [T, D/2] -> e^(i angle) [T, n_rotated, D/2], one row per rotated head: a multiply whose
     operands run contiguously over heads and dimensions is ~1.4x faster than one broadcast over heads."""
     return torch.complex(cos, sin)[:, None].expand(-1, n_rotated, -1).contiguous()
 
 
-def norm_qkv_rope(x, gain, wq, wk, wv, freqs, n_head: int, n_kv_head: int, eps: float):
-    """x [B, T, C] -> RMSNorm (gain, eps) -> q [B, T, H, D], k [B, T, K, D] rotated by RoPE (HF's pairs
-    (i, i + D/2); freqs from `rope_freqs(cos, sin, H + K)`), v [B, T, K, D].
+class _Block(torch.autograd.Function):
+    """x -> h = x + o_proj(attention(rope(qkv(norm1(x))))) -> h + down(swiglu(gate_up(norm2(h)))), one autograd
+    node: the residual adds ride in the GEMMs (addmm) and attention is aten's flash kernel called directly."""
 
-    q and k come out with each head's dimensions in interleaved pair order: the same permutation of
-    both leaves every q.k product, and so attention, unchanged."""
-    return _NormQKVRope.apply(x, gain, wq, wk, wv, freqs, n_head, n_kv_head, eps)
-
-
-class _NormSwiGLU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, gain, w_gate, w_up, eps: float):
-        xn, rstd = _normalize(x, eps)
-        w, wg = _gained((w_gate, w_up), gain)
-        h = _project(xn, wg)  # [gate | up]
-        gate, up = h.chunk(2, dim=-1)
+    def forward(ctx, x, g1, wq, wk, wv, wo, g2, w_gate, w_up, w_down, freqs, n_head: int, n_kv_head: int, eps: float):
+        B, T, C = x.shape
+        H, K, D = n_head, n_kv_head, wq.size(0) // n_head
+        rows, inverse_rows = _interleaved_rows(H + K, K, D, x.device)
+        x = x.reshape(B * T, C)
+        # attention: q, k, v [B, T, heads, D] views of one GEMM's output, q and k rotated in place
+        xn1, r1 = _normalize(x, eps)
+        w1, w1g = _gained((wq, wk, wv), g1, rows)
+        qkv = torch.mm(xn1, w1g.t()).view(B, T, H + 2 * K, D)
+        _as_complex(qkv[:, :, :H + K]).mul_(freqs)
+        q, k, v = (t.transpose(1, 2) for t in qkv.split([H, K, K], dim=2))  # [B, heads, T, D]
+        o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, True)  # GQA: K < H is fine
+        y = o.transpose(1, 2).reshape(B * T, H * D)
+        h = torch.addmm(x, y, wo.t())  # x + o_proj(y)
+        # SwiGLU MLP
+        xn2, r2 = _normalize(h, eps)
+        w2, w2g = _gained((w_gate, w_up), g2)
+        gu = torch.mm(xn2, w2g.t())  # [gate | up]
+        gate, up = gu.chunk(2, dim=-1)
         act = F.silu(gate)
-        ctx.save_for_backward(x, xn, rstd, gain, w, wg, h, act)
-        ctx.size = w_gate.size(0)
-        return act * up
+        a = act * up
+        out = torch.addmm(h, a, w_down.t())
+        ctx.save_for_backward(x, xn1, r1, g1, w1, w1g, qkv, o, lse, y, wo, h, xn2, r2, g2, w2, w2g, gu, act, a, w_down,
+                              freqs, inverse_rows)
+        ctx.sizes = (wq.size(0), wk.size(0), wv.size(0)), (w_gate.size(0), w_up.size(0)), (H, K)
+        return out.view(B, T, C)
 
     @staticmethod
     def backward(ctx, grad):
-        x, xn, rstd, gain, w, wg, h, act = ctx.saved_tensors
-        gate, up = h.chunk(2, dim=-1)
-        dh = torch.empty_like(h)
-        dgate, dup = dh.chunk(2, dim=-1)
-        torch.mul(grad, act, out=dup)
-        torch.ops.aten.silu_backward.grad_input(grad * up, gate, grad_input=dgate)
-        grad_xn, grad_wg = _project_backward(dh, xn, wg)
-        grad_gain, (grad_w_gate, grad_w_up) = _gained_backward(grad_wg, w, gain, (ctx.size, ctx.size))
-        grad_x, _ = _normalize_backward(grad_xn, x, rstd)
-        return grad_x, grad_gain, grad_w_gate, grad_w_up, None
+        (x, xn1, r1, g1, w1, w1g, qkv, o, lse, y, wo, h, xn2, r2, g2, w2, w2g, gu, act, a, w_down,
+         freqs, inverse_rows) = ctx.saved_tensors
+        qkv_sizes, gate_up_sizes, (H, K) = ctx.sizes
+        B, T, C = grad.shape
+        grad = grad.reshape(B * T, C)
+        # MLP
+        grad_a = torch.mm(grad, w_down)
+        grad_w_down = torch.mm(grad.t(), a)
+        grad_gu = torch.empty_like(gu)
+        grad_gate, grad_up = grad_gu.chunk(2, dim=-1)
+        torch.mul(grad_a, act, out=grad_up)
+        gate, up = gu.chunk(2, dim=-1)
+        torch.ops.aten.silu_backward.grad_input(grad_a.mul_(up), gate, grad_input=grad_gate)
+        grad_xn2 = torch.mm(grad_gu, w2g)
+        grad_g2, (grad_w_gate, grad_w_up) = _gained_backward(torch.mm(grad_gu.t(), xn2), w2, g2, gate_up_sizes)
+        grad_h = _normalize_backward(grad_xn2, h, r2)[0].add_(grad)
+        # attention
+        grad_o = torch.mm(grad_h, wo).view(B, T, H, -1).transpose(1, 2)  # [B, H, T, D]
+        grad_wo = torch.mm(grad_h.t(), y)
+        q, k, v = (t.transpose(1, 2) for t in qkv.split([H, K, K], dim=2))
+        dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(grad_o, q, k, v, o, lse, 0.0, True)
+        grad_qkv = torch.empty_like(qkv)  # [B, T, H + 2K, D]
+        back = freqs.conj()
+        torch.mul(_as_complex(dq.transpose(1, 2)), back[:, :H], out=_as_complex(grad_qkv[:, :, :H]))
+        torch.mul(_as_complex(dk.transpose(1, 2)), back[:, H:], out=_as_complex(grad_qkv[:, :, H:H + K]))
+        grad_qkv[:, :, H + K:].copy_(dv.transpose(1, 2))
+        grad_qkv = grad_qkv.view(B * T, -1)
+        grad_xn1 = torch.mm(grad_qkv, w1g)
+        grad_g1, (grad_wq, grad_wk, grad_wv) = _gained_backward(torch.mm(grad_qkv.t(), xn1), w1, g1, qkv_sizes, inverse_rows)
+        grad_x = _normalize_backward(grad_xn1, x, r1)[0].add_(grad_h)
+        return (grad_x.view(B, T, C), grad_g1, grad_wq, grad_wk, grad_wv, grad_wo, grad_g2, grad_w_gate, grad_w_up, grad_w_down,
+                None, None, None, None)
 
 
-def norm_swiglu(x, gain, w_gate, w_up, eps: float):
-    """x [..., C] -> RMSNorm (gain, eps) -> silu(x W_gate^T) * (x W_up^T) [..., I]."""
-    return _NormSwiGLU.apply(x, gain, w_gate, w_up, eps)
+def block(x, g1, wq, wk, wv, wo, g2, w_gate, w_up, w_down, freqs, n_head: int, n_kv_head: int, eps: float):
+    """A Llama block on x [B, T, C] (no KV cache): the two RMSNorm gains, the attention projections, the MLP
+    projections (all HF layout), RoPE from `rope_freqs(cos, sin, H + K)`, causal attention."""
+    return _Block.apply(x, g1, wq, wk, wv, wo, g2, w_gate, w_up, w_down, freqs, n_head, n_kv_head, eps)

@@ -102,6 +102,11 @@ def use_cpu_ops(x) -> bool:
     return CPU_OPS and x.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
+def fused_block(x, cache) -> bool:
+    """Whether a block runs as `cpu_ops.block`: eager CPU without a KV cache (training and evaluation)."""
+    return use_cpu_ops(x) and cache is None
+
+
 class RMSNorm(nn.Module):
     """x / rms(x) * weight, computed in fp32 as HF's LlamaRMSNorm does."""
 
@@ -144,20 +149,14 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=False)
 
-    def forward(self, x, norm: "RMSNorm", rope, cache: list | None = None):
-        """attention(norm(x)): the norm is passed in so that the CPU path can fuse it with the projection.
-        rope: `cpu_ops.rope_freqs` on the CPU path, else (cos, sin) [T, D/2]."""
+    def forward(self, x, cos, sin, cache: list | None = None):
         B, T, C = x.shape
         H, K = self.n_head, self.n_kv_head
         # one GEMM for q, k and v: fewer, larger kernels (the weights stay the three HF-named parameters)
-        if use_cpu_ops(x):
-            q, k, v = cpu_ops.norm_qkv_rope(x, norm.weight, self.q_proj.weight, self.k_proj.weight, self.v_proj.weight,
-                                            rope, H, K, norm.eps)
-        else:
-            qkv = F.linear(norm(x), torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight)))
-            q, k, v = qkv.view(B, T, H + 2 * K, self.head_dim).split([H, K, K], dim=2)
-            cos, sin = (t[:, None].to(qkv.dtype) for t in rope)  # [T, 1, D/2]; bf16 under autocast, as HF
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        qkv = F.linear(x, torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight)))
+        q, k, v = qkv.view(B, T, H + 2 * K, self.head_dim).split([H, K, K], dim=2)
+        cos, sin = cos[:, None].to(qkv.dtype), sin[:, None].to(qkv.dtype)  # [T, 1, D/2]; bf16 under autocast, as HF
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D], [B, K, T, D], [B, K, T, D]
         past = 0
         if cache is not None:  # cache = [k, v] of earlier positions, or [] before the first call
@@ -187,12 +186,9 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(cfg.n_embd, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.n_embd, bias=False)
 
-    def forward(self, x, norm: "RMSNorm"):
-        """mlp(norm(x)), the norm passed in as for Attention."""
-        if use_cpu_ops(x):
-            return self.down_proj(cpu_ops.norm_swiglu(x, norm.weight, self.gate_proj.weight, self.up_proj.weight, norm.eps))
+    def forward(self, x):
         # one matmul for gate and up: fewer, larger GEMMs (the weights stay two HF-named parameters)
-        h = F.linear(norm(x), torch.cat((self.gate_proj.weight, self.up_proj.weight)))  # [gate | up]
+        h = F.linear(x, torch.cat((self.gate_proj.weight, self.up_proj.weight)))  # [gate | up]
         gate, up = h.chunk(2, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
@@ -206,8 +202,14 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x, rope, cache=None):
-        x = x + self.self_attn(x, self.input_layernorm, rope, cache)
-        return x + self.mlp(x, self.post_attention_layernorm)
+        """rope: `cpu_ops.rope_freqs` where `fused_block` holds, else (cos, sin) [T, D/2]."""
+        if fused_block(x, cache):
+            a, m = self.self_attn, self.mlp
+            return cpu_ops.block(x, self.input_layernorm.weight, a.q_proj.weight, a.k_proj.weight, a.v_proj.weight, a.o_proj.weight,
+                                 self.post_attention_layernorm.weight, m.gate_proj.weight, m.up_proj.weight, m.down_proj.weight,
+                                 rope, a.n_head, a.n_kv_head, self.input_layernorm.eps)
+        x = x + self.self_attn(self.input_layernorm(x), *rope, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
 
 
 class Decoder(nn.Module):
@@ -248,7 +250,7 @@ class Model(nn.Module):
         if past + T > self.config.max_seq_len:
             raise ValueError(f"sequence of {past + T} tokens is longer than max_seq_len {self.config.max_seq_len}")
         cos, sin = self.rope_cos[past:past + T].to(idx.device), self.rope_sin[past:past + T].to(idx.device)  # [T, D/2]
-        rope = cpu_ops.rope_freqs(cos, sin, self.config.n_head + self.config.n_kv_head) if use_cpu_ops(idx) else (cos, sin)
+        rope = cpu_ops.rope_freqs(cos, sin, self.config.n_head + self.config.n_kv_head) if fused_block(idx, cache) else (cos, sin)
         x = self.model.embed_tokens(idx)  # [B, T, C]
         for i, block in enumerate(self.model.layers):
             if self.activation_checkpointing and self.training and cache is None:
