@@ -157,7 +157,7 @@ class _Block(torch.autograd.Function):
         q, k, v = (t.transpose(1, 2) for t in qkv.split([H, K, K], dim=2))
         dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(grad_o, q, k, v, o, lse, 0.0, True)
         grad_qkv = torch.empty_like(qkv)  # [B, T, H + 2K, D]
-        back = freqs.conj()
+        back = freqs.conj_physical()
         torch.mul(_as_complex(dq.transpose(1, 2)), back[:, :H], out=_as_complex(grad_qkv[:, :, :H]))
         torch.mul(_as_complex(dk.transpose(1, 2)), back[:, H:], out=_as_complex(grad_qkv[:, :, H:H + K]))
         grad_qkv[:, :, H + K:].copy_(dv.transpose(1, 2))
