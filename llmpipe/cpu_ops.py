@@ -1,19 +1,21 @@
-"""A Llama block's RMSNorm -> projection -> RoPE / SwiGLU as single autograd Functions with hand-written
-backward passes, for eager training on CPU.
+"""A Llama block as one autograd Function with a hand-written backward pass, for eager training on CPU.
 
-On CPU at small widths, autograd's graph of these formulas costs more than their arithmetic: every
-temporary is a fresh allocation and a cache-cold pass, every node is Python and bookkeeping, and every
-split of a fused projection comes back as a cat in the backward pass. Each Function here takes the
-block's parameters in their HF layout and does one normalization, one GEMM for all its projections and
-one elementwise pass after it, and writes each gradient straight into one buffer:
-- the RMSNorm gain g is folded into the projection weight (W diag(g): a weight-sized multiply instead of
-  an activation-sized one);
-- q/k/v and gate/up each run as one GEMM on the concatenated weights;
+On CPU at small widths, autograd's graph of a block costs about as much as its elementwise arithmetic:
+~15 nodes per layer, each op a dispatch, a fresh allocation and a cache-cold pass, every split of a fused
+projection a cat in the backward pass. `block` does the same arithmetic in fewer, larger steps:
+- q/k/v and gate/up each run as one GEMM on the concatenated weights, and the residual adds ride in the
+  o_proj and down GEMMs (addmm);
+- each RMSNorm gain g is folded into the weight that follows it (W diag(g): a weight-sized multiply
+  instead of an activation-sized one);
 - RoPE is one in-place complex multiply: the fused weight's q and k rows are put in interleaved pair
   order (the same permutation of q and k leaves every q.k product unchanged); the backward multiplies
-  by the conjugate, the inverse rotation.
-`model.py` uses them on CPU only; on CUDA and under torch.compile the plain formulas run (inductor fuses
-them there). tests/test_cpu_ops.py checks values and gradients against the plain formulas in float64.
+  by the conjugate, the inverse rotation;
+- attention is aten's CPU flash kernel and its backward, called directly (grouped-query heads natively);
+- every gradient is written straight into one buffer per fused weight.
+The parameters stay the HF-named, HF-layout ones: checkpoints do not change. `model.py` uses `block` on
+eager CPU without a KV cache; on CUDA, under torch.compile (inductor fuses the plain formulas there) and
+in cached generation the plain formulas run. tests/test_cpu_ops.py checks values and gradients against
+them in float64.
 """
 
 from __future__ import annotations

@@ -5,9 +5,9 @@ Parameters carry the Hugging Face Llama names (model.embed_tokens, model.layers.
 safetensors beside `config.to_hf()` is a checkpoint `transformers.AutoModelForCausalLM` loads as it
 is: no key map, no permutation (compare torchtitan's from_hf_map + _permute).
 
-The formulas here are what runs on CUDA and under torch.compile. Eager CPU training swaps in
-`cpu_ops` (same values, hand-written backward passes, RoPE as a complex multiply on q/k rows
-permuted inside the fused projection); tests/test_cpu_ops.py holds the two paths equal.
+The formulas here are what runs on CUDA, under torch.compile and in cached generation. Eager CPU
+training and evaluation run each block as `cpu_ops.block` (same values, one hand-written backward
+pass per block); tests/test_cpu_ops.py holds the two paths equal.
 
 Shapes: B batch, T time (new tokens), S cached + new positions, C n_embd, H heads, K kv heads, D head_dim, V vocab.
 """

@@ -49,7 +49,7 @@ class Params:
     eval_steps: int = field(default=8, metadata={"help": "Validation batches (of micro_batch x seq_len per rank) per evaluation."})
     checkpoint_every: int = field(default=50, metadata={"help": "Steps between checkpoints (0: only at the end)."})
     keep_last: int = field(default=2, metadata={"help": "Checkpoints kept under checkpoints/ (older ones are deleted)."})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the model: ~1.2x eager tokens/s on this 2-core CPU at 0.8M params, after a slow first step (compilation); pays off on long runs."})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model: ~1.15x eager tokens/s on this 2-core CPU at 0.8M params, after a slow first step (compilation); pays off on long runs."})
     activation_checkpointing: bool = field(default=False, metadata={"help": "Recompute each block's activations in backward to save memory."})
     nproc_per_node: int = field(default=1, metadata={"help": "Training processes per node (torchrun, DDP); 1 trains in this process."})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps."})
