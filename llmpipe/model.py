@@ -98,8 +98,9 @@ CPU_OPS = True  # hand-written backward passes on CPU (llmpipe/cpu_ops.py); Fals
 
 
 def use_cpu_ops(x) -> bool:
-    """Eager CPU only: on CUDA, and under torch.compile (which fuses the plain formulas), the plain formulas run."""
-    return CPU_OPS and x.device.type == "cpu" and not torch.compiler.is_compiling()
+    """Eager fp32 CPU only: on CUDA, under torch.compile (which fuses the plain formulas) and under CPU autocast,
+    the plain formulas run."""
+    return CPU_OPS and x.device.type == "cpu" and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")
 
 
 def fused_block(x, cache) -> bool:
