@@ -130,14 +130,14 @@ class _Block(torch.autograd.Function):
         act = F.silu(gate)
         a = act * up
         out = torch.addmm(h, a, w_down.t())
-        ctx.save_for_backward(x, xn1, r1, g1, w1, w1g, qkv, lse, y, wo, h, xn2, r2, g2, w2, w2g, gu, act, a, w_down,
+        ctx.save_for_backward(x, xn1, r1, g1, w1, w1g, qkv, o, lse, y, wo, h, xn2, r2, g2, w2, w2g, gu, act, a, w_down,
                               freqs, inverse_rows)
         ctx.sizes = (wq.size(0), wk.size(0), wv.size(0)), (w_gate.size(0), w_up.size(0)), (H, K)
         return out.view(B, T, C)
 
     @staticmethod
     def backward(ctx, grad):
-        (x, xn1, r1, g1, w1, w1g, qkv, lse, y, wo, h, xn2, r2, g2, w2, w2g, gu, act, a, w_down,
+        (x, xn1, r1, g1, w1, w1g, qkv, o, lse, y, wo, h, xn2, r2, g2, w2, w2g, gu, act, a, w_down,
          freqs, inverse_rows) = ctx.saved_tensors
         qkv_sizes, gate_up_sizes, (H, K) = ctx.sizes
         B, T, C = grad.shape
@@ -157,7 +157,6 @@ class _Block(torch.autograd.Function):
         grad_o = torch.mm(grad_h, wo).view(B, T, H, -1).transpose(1, 2)  # [B, H, T, D]
         grad_wo = torch.mm(grad_h.t(), y)
         q, k, v = (t.transpose(1, 2) for t in qkv.split([H, K, K], dim=2))
-        o = y.view(B, T, H, -1).transpose(1, 2)  # attention's output: y holds it, saving o too would keep it twice
         dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(grad_o, q, k, v, o, lse, 0.0, True)
         grad_qkv = torch.empty_like(qkv)  # [B, T, H + 2K, D]
         back = freqs.conj_physical()
