@@ -5,8 +5,9 @@ defaults, buffers above malloc's (dynamic) mmap threshold come from fresh mmap'd
 memory at the top of the heap is handed back to the OS, so each step pays page faults for memory
 it just released: 29-34k faults in 20 steps of a 2-layer, 128-wide model at batch 32 x 64 here, 5-760
 with this setting (tests/test_train_memory.py, four runs each); the 0.8M benchmark model's CPU steps
-ran 5-11% faster (measured before blocks became one autograd Function, which allocates less). Keeping freed memory in the process (what jemalloc/tcmalloc do, and what PyTorch's CPU
-performance guide suggests them for) costs nothing but a resident size that stays at its peak.
+ran 5-11% faster (measured before blocks became one autograd Function, which allocates less).
+Keeping freed memory in the process (what jemalloc/tcmalloc do, and what PyTorch's CPU performance
+guide suggests them for) costs nothing but a resident size that stays at its peak.
 """
 
 from __future__ import annotations
