@@ -2,7 +2,7 @@
 
 mode = "language" adds `lang` and `lang_score` (top label of a language-ID model; the default is
 fastText's lid.176, shipped with the install) and keeps documents in `languages` with a score of
-at least `min_score`. mode = "score" adds a `<column>` holding P(`label`) under the model (a
+at least `min_score`; a text without a single letter (empty, emoji, digits) is `und` with score 0. mode = "score" adds a `<column>` holding P(`label`) under the model (a
 classifier from `llmpipe train-classifier`, or any fastText model) and keeps those at or above
 `min_score`. One task per input part; removed documents can be kept beside with a reason.
 
@@ -17,6 +17,8 @@ from typing import Literal
 
 from llmpipe.artifacts.layout import part_name
 from llmpipe.registry import Plan, Stage
+
+UNDETERMINED = "und"  # the language of a text without letters
 
 
 @dataclass(frozen=True)
@@ -86,10 +88,15 @@ def _score(clf, p: Params, batch, stats):
     if p.mode == "language":
         labels, probs = clf.predict(texts, k=1)
         langs, scores = [row[0] for row in labels], [round(row[0], 4) for row in probs]
+        # fastText labels even an empty or emoji-only text (lid.176 says "en"): text without a letter
+        # is in no language, "und" (undetermined, as ISO 639-2 and CLD name it) with score 0
+        for k, text in enumerate(texts):
+            if not any(c.isalpha() for c in text):
+                langs[k], scores[k] = UNDETERMINED, 0.0
         for lang in langs:
             stats.count(f"lang_{lang}")
-        reasons = ["lang_not_allowed" if p.languages and lang not in p.languages else "low_lang_score" if s < p.min_score else None
-                   for lang, s in zip(langs, scores)]
+        reasons = [("no_letters" if lang == UNDETERMINED else "lang_not_allowed") if p.languages and lang not in p.languages
+                   else "low_lang_score" if s < p.min_score else None for lang, s in zip(langs, scores)]
         return _with_columns(batch, {"lang": pa.array(langs, pa.string()), "lang_score": pa.array(scores, pa.float32())}), reasons
     scores = [round(s, 4) for s in clf.probability(texts, p.label)]
     reasons = ["low_score" if s < p.min_score else None for s in scores]

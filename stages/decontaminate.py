@@ -47,8 +47,22 @@ class Params:
 def plan(params: Params, inputs) -> Plan:
     if not params.reference:
         raise ValueError("reference: give the evaluation set to decontaminate against (a JSONL file or document artifact)")
+    _check_reference(params.reference)
     parts = [f for inp in inputs for f in inp.files]
     return Plan(phases=[("index", [{}]), ("scan", [{"part": p} for p in parts])], files=[part_name(i) for i in range(len(parts))])
+
+
+def _check_reference(reference: str) -> None:
+    """Read the eval set once before anything runs: unreadable lines or no usable item stop the step here."""
+    from llmpipe.errors import InputError
+    from llmpipe.inputs import resolve_input
+    from llmpipe.text.eval_items import check_items
+
+    files = list(resolve_input(reference, where="reference").files)
+    try:
+        check_items(files)
+    except ValueError as e:
+        raise ValueError(f"reference: {e}") from None
 
 
 def word_counts_and_grams(texts, lengths) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:

@@ -1,4 +1,4 @@
-"""Remove duplicate documents: exact (same normalised text) and, optionally, near duplicates (MinHash LSH).
+"""Remove duplicate documents: exact (same normalised text) and near duplicates (MinHash LSH, on by default).
 
 Phases, each fanning out: `signatures` (one task per input part: text hash, MinHash signature and
 LSH band keys per document), `buckets` (one task per band: documents sharing a band key are
@@ -9,16 +9,15 @@ per input part: kept rows, lines removed). A task holds one part's or one band's
 corpus's text. Output: kept documents (same schema) plus `clusters/part-*.parquet` (id, cluster,
 cluster_size, kept, reason) for every document in a cluster of two or more.
 
-    llmpipe dedup --input runs/docs --output runs/deduped --near-dedup --threshold 0.8
+    llmpipe dedup --input runs/docs --output runs/deduped --threshold 0.8
     [steps.dedup]
     inputs = ["filter"]
-    near_dedup = true
-    threshold = 0.8
+    threshold = 0.8          # near_dedup = false: exact duplicates only
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
@@ -28,6 +27,8 @@ from llmpipe.artifacts.layout import part_name, save_array
 from llmpipe.registry import Plan, Stage
 from llmpipe.text.normalize import TextNorm, UnicodeForm
 
+# Params that only near-duplicate removal reads.
+NEAR_DEDUP_PARAMS = ("threshold", "num_perm", "ngram", "shingle", "bands", "rows", "seed", "minhash_scheme", "verify_candidates")
 LINE_PARTITIONS = 16  # at most this many `lines` tasks; each counts the line hashes of 1/16 of the space
 
 
@@ -37,7 +38,7 @@ class Params:
     lowercase: bool = field(default=True, metadata={"help": "Normalisation: lowercase."})
     remove_punctuation: bool = field(default=False, metadata={"help": "Normalisation: turn Unicode punctuation into spaces."})
     unicode_form: UnicodeForm = field(default="NFKC", metadata={"help": "Normalisation: Unicode normal form (NFKC folds full-width and ligature forms), or none."})
-    near_dedup: bool = field(default=False, metadata={"help": "Also remove near duplicates: MinHash LSH over n-gram shingles, verified by estimated Jaccard."})
+    near_dedup: bool = field(default=True, metadata={"help": "Also remove near duplicates: MinHash LSH over n-gram shingles, verified by estimated Jaccard (off: exact duplicates only)."})
     threshold: float = field(default=0.8, metadata={"help": "Near duplicates: estimated Jaccard similarity of shingle sets at or above this."})
     num_perm: int = field(default=128, metadata={"help": "MinHash permutations (signature length)."})
     ngram: int = field(default=5, metadata={"help": "Shingle size in words (or characters with shingle = char); 5 words as in datatrove and FineWeb."})
@@ -53,6 +54,10 @@ class Params:
     keep_rejected: bool = field(default=False, metadata={"help": "Write removed documents to rejected/ with a reason column."})
 
     def __post_init__(self):
+        if not self.near_dedup:  # a near-dedup knob set while near-dedup is off would be silently ignored
+            changed = [f.name for f in fields(self) if f.name in NEAR_DEDUP_PARAMS and getattr(self, f.name) != f.default]
+            if changed:
+                raise ValueError(f"{changed[0]}: only used by near-duplicate removal, which near_dedup = false turns off; drop {changed[0]} or turn near_dedup back on")
         if not 0 < self.threshold <= 1:
             raise ValueError(f"threshold: expected a number in (0, 1], got {self.threshold}")
         for key, low in (("num_perm", 1), ("ngram", 1), ("line_dedup_max_docs", 0)):

@@ -49,7 +49,7 @@ def _gold_choice(obj: dict[str, Any]) -> str | None:
 
 
 def read_items(files: list[str]) -> Iterator[tuple[str, str]]:
-    """(key, text) of every item in the files, in file order."""
+    """(key, text) of every item in the files, in file order; a line that is not JSON is a ValueError naming it."""
     for path in files:
         name = Path(path).name
         if path.endswith(".parquet"):
@@ -59,12 +59,40 @@ def read_items(files: list[str]) -> Iterator[tuple[str, str]]:
                 for doc_id, text in zip(batch.column("id").to_pylist(), batch.column("text").to_pylist()):
                     yield f"{name}:{doc_id}", text
             continue
-        with open(path, encoding="utf-8") as f:
-            if path.endswith(".json"):
-                objects = json.load(f)
-                objects = objects if isinstance(objects, list) else [objects]
-            else:
-                objects = (json.loads(line) for line in f if line.strip())
-            for n, obj in enumerate(objects):
-                item_id = next((obj[k] for k in ID_FIELDS if k in obj), n)
-                yield f"{name}:{item_id}", item_text(obj)
+        for n, obj in enumerate(_json_objects(path)):
+            item_id = next((obj[k] for k in ID_FIELDS if k in obj), n) if isinstance(obj, dict) else n
+            yield f"{name}:{item_id}", item_text(obj) if isinstance(obj, dict) else ""
+
+
+def _json_objects(path: str) -> list:
+    raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:  # eval sets saved by Windows tools: read as browsers read undeclared bytes
+        text = raw.decode("cp1252", errors="replace")
+    if path.endswith(".json"):
+        try:
+            objects = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON at line {e.lineno} ({e.msg})") from None
+        return objects if isinstance(objects, list) else [objects]
+    objects = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                objects.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: line {lineno} is not valid JSON ({e.msg}); expected one JSON object per line") from None
+    return objects
+
+
+def check_items(files: list[str]) -> int:
+    """How many items have text; a reference with none (empty, or no field this module knows) is a ValueError."""
+    total = usable = 0
+    for _, text in read_items(files):
+        total += 1
+        usable += bool(text and text.strip())
+    if not usable:
+        what = "holds no items" if not total else f"has {total} items but none with a known text field"
+        raise ValueError(f"{files[0] if len(files) == 1 else f'{len(files)} files'} {what}; an item needs one of {', '.join(('ctx',) + CONTEXT_FIELDS)} or a gold answer ({', '.join(ANSWER_FIELDS)})")
+    return usable

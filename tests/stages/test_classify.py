@@ -78,3 +78,18 @@ def test_missing_model_path_is_a_user_error(tmp_path):
     llmpipe.run_stage("ingest", [str(tmp_path / "a.jsonl")], tmp_path / "docs")
     with pytest.raises(Exception, match=r"classify model: input path nope.bin does not exist"):
         llmpipe.run_stage("classify", [str(tmp_path / "docs")], tmp_path / "out", mode="score", model="nope.bin")
+
+
+def test_text_without_letters_is_undetermined_not_english(tmp_path):
+    """lid.176 calls "" and "😀🎉" English with a high score; such documents are `und` with score 0."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = ["", "😀🎉🔥 👍", "12 345 678", "The quick brown fox jumps over the lazy dog near the river bank."]
+    pq.write_table(pa.table({"id": ["empty", "emoji", "digits", "en"], "text": texts}), tmp_path / "docs.parquet")
+    m = llmpipe.run_stage("classify", [str(tmp_path / "docs.parquet")], tmp_path / "all")
+    assert [(r["id"], r["lang"], r["lang_score"]) for r in rows(tmp_path / "all")][:3] == [("empty", "und", 0.0), ("emoji", "und", 0.0), ("digits", "und", 0.0)]
+    assert m["languages"]["und"] == 3 and m["counts"]["removed"] == 0, "no language filter: kept, but counted as und"
+    m = llmpipe.run_stage("classify", [str(tmp_path / "docs.parquet")], tmp_path / "en", languages=["en"], keep_rejected=True)
+    assert [r["id"] for r in rows(tmp_path / "en")] == ["en"]
+    assert m["stats"]["dropped"] == {"no_letters": 3}

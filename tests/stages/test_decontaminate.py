@@ -90,3 +90,32 @@ def test_reference_is_required_and_checked(tmp_path):
     with pytest.raises(Exception, match="reference: input path .*missing.jsonl does not exist"):
         llmpipe.run_stage(STAGE, [str(tmp_path / "train")], tmp_path / "out", reference=str(tmp_path / "missing.jsonl"))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'{"question": "a b c", "answer": "d"}\n{"question": oops}\n',
+     "reference: <ref>: line 2 is not valid JSON (Expecting value); expected one JSON object per line"),
+    (b"", "reference: <ref> holds no items; an item needs one of ctx, goal, question"),
+    (b'{"foo": "bar"}\n{"foo": "baz"}\n', "reference: <ref> has 2 items but none with a known text field; an item needs one of ctx,"),
+])
+def test_unusable_reference_is_one_line_and_nothing_is_written(tmp_path, content, message):
+    from tests.conftest import run_cli
+
+    (tmp_path / "train.jsonl").write_text(json.dumps({"id": "t", "text": "x"}) + "\n")
+    llmpipe.run_stage("ingest", [str(tmp_path / "train.jsonl")], tmp_path / "train")
+    (tmp_path / "eval.jsonl").write_bytes(content)
+    res = run_cli("decontaminate", "--input", "train", "--output", "out", "--reference", "eval.jsonl", cwd=tmp_path)
+    assert res.returncode == 2 and not (tmp_path / "out").exists(), res.stderr
+    line = res.stderr.strip().replace(str((tmp_path / "eval.jsonl").resolve()), "<ref>")
+    assert line.startswith("error: decontaminate " + message), line
+
+
+def test_cp1252_reference_is_read(tmp_path):
+    """An eval set saved in cp1252 (curly quotes, accents) is decoded, not a UnicodeDecodeError."""
+    text = "The caf\u00e9 \u201cna\u00efve\u201d question about the capital city of France and its river"
+    (tmp_path / "eval.jsonl").write_bytes((json.dumps({"question": text}, ensure_ascii=False) + "\n").encode("cp1252"))
+    (tmp_path / "train.jsonl").write_text(json.dumps({"id": "t", "text": "Quiz. " + text + " ends here."}) + "\n"
+                                          + json.dumps({"id": "u", "text": "Nothing to see"}) + "\n")
+    llmpipe.run_stage("ingest", [str(tmp_path / "train.jsonl")], tmp_path / "train")
+    m = llmpipe.run_stage(STAGE, [str(tmp_path / "train")], tmp_path / "out", reference=str(tmp_path / "eval.jsonl"))
+    assert [r["id"] for r in rows(tmp_path / "out")] == ["u"] and m["decontamination"]["eval_items_found"] == 1

@@ -70,8 +70,31 @@ def test_params_are_checked_before_anything_runs(tmp_path):
                             ({"bands": 20, "rows": 8}, "bands: bands x rows = 20 x 8 must be positive and at most num_perm=128"),
                             ({"keep": "quality"}, 'quality_column: keep = "quality" needs a column "quality" in the input')]:
         with pytest.raises(ConfigError, match=re.escape(message)):
-            llmpipe.run_stage("dedup", [str(tmp_path / "docs")], tmp_path / "dd", near_dedup=True, **params)
+            llmpipe.run_stage("dedup", [str(tmp_path / "docs")], tmp_path / "dd", **params)
     assert not (tmp_path / "dd").exists()
+
+
+def test_defaults_remove_near_duplicates(tmp_path):
+    """`llmpipe dedup --input docs --output out --threshold 0.8` removes a 0.93-similar copy: near-dedup is the default."""
+    from tests.conftest import run_cli
+
+    base = " ".join(f"word{i}" for i in range(100))
+    _docs(tmp_path, [[base, base.replace("word50", "other"), "something else entirely here and now"]])
+    res = run_cli("dedup", "--input", "docs", "--output", "out", "--threshold", "0.8", cwd=tmp_path, check=True)
+    assert res.stdout.strip() == "documents=2 removed=1"
+    assert [r["id"] for r in rows(tmp_path / "out")] == ["0-0", "0-2"]
+
+
+def test_near_dedup_param_while_near_dedup_is_off_is_one_line(tmp_path):
+    from tests.conftest import run_cli
+
+    _docs(tmp_path, [["a b c"]])
+    res = run_cli("dedup", "--input", "docs", "--output", "out", "--no-near-dedup", "--threshold", "0.7", cwd=tmp_path)
+    assert res.returncode == 2 and not (tmp_path / "out").exists()
+    assert res.stderr.strip() == ("error: dedup --threshold: only used by near-duplicate removal, which near_dedup = false turns off; "
+                                  "drop threshold or turn near_dedup back on")
+    m = llmpipe.run_stage("dedup", [str(tmp_path / "docs")], tmp_path / "exact", near_dedup=False)
+    assert "near_duplicates" not in m["dedup"] or m["dedup"]["near_duplicates"] == 0
 
 
 
@@ -80,7 +103,7 @@ def test_keep_highest_quality_of_a_near_duplicate_cluster(tmp_path):
     texts = [base, base.replace("word30", "other"), base.replace("word31", "other"), "something else entirely here and now"]
     table = pa.table({"id": ["a", "b", "c", "d"], "text": texts, "quality": pa.array([0.2, 0.9, None, 0.1], pa.float32())})
     pq.write_table(table, tmp_path / "scored.parquet")
-    m = llmpipe.run_stage("dedup", [str(tmp_path / "scored.parquet")], tmp_path / "dd", near_dedup=True, keep="quality")
+    m = llmpipe.run_stage("dedup", [str(tmp_path / "scored.parquet")], tmp_path / "dd", keep="quality")
     assert [r["id"] for r in rows(tmp_path / "dd")] == ["b", "d"], "the best score stays; a missing score ranks last"
     assert m["dedup"]["near_duplicates"] == 2 and m["dedup"]["cluster_sizes"] == {"3": 1}
     assert rows(tmp_path / "dd")[0]["quality"] == pytest.approx(0.9), "the schema and extra columns are kept"
@@ -199,7 +222,7 @@ def planted(tmp_path_factory):
 
 def test_near_duplicates_match_exact_jaccard(planted):
     docs, root = planted
-    m = llmpipe.run_stage("dedup", [str(root / "docs1")], root / "near", near_dedup=True, threshold=0.8, num_perm=128)
+    m = llmpipe.run_stage("dedup", [str(root / "docs1")], root / "near", threshold=0.8, num_perm=128)
     truth, found = true_pairs(docs, 0.8), predicted_pairs(root / "near")
     precision, recall = len(truth & found) / len(found), len(truth & found) / len(truth)
     print(f"planted corpus: {len(docs)} docs, {len(truth)} true pairs, {len(found)} found, precision {precision:.3f} recall {recall:.3f}")
@@ -217,15 +240,15 @@ def test_near_duplicates_match_exact_jaccard(planted):
 
 def test_split_run_keeps_the_same_documents_as_one_task(planted):
     _, root = planted
-    one = llmpipe.run_stage("dedup", [str(root / "docs1")], root / "single", near_dedup=True, workers=1)
-    four = llmpipe.run_stage("dedup", [str(root / "docs4")], root / "split", near_dedup=True, workers=2)
+    one = llmpipe.run_stage("dedup", [str(root / "docs1")], root / "single", workers=1)
+    four = llmpipe.run_stage("dedup", [str(root / "docs4")], root / "split", workers=2)
     assert [r["id"] for r in rows(root / "split")] == [r["id"] for r in rows(root / "single")]
     assert four["dedup"] == one["dedup"] and len(list((root / "split").glob("part-*.parquet"))) == 4
 
 
 def test_keep_longest_and_line_dedup(planted):
     docs, root = planted
-    m = llmpipe.run_stage("dedup", [str(root / "docs4")], root / "longest", near_dedup=True, keep="longest", line_dedup_max_docs=3)
+    m = llmpipe.run_stage("dedup", [str(root / "docs4")], root / "longest", keep="longest", line_dedup_max_docs=3)
     by_id = {d["id"]: d["text"] for d in docs}
     table = pq.read_table(root / "longest/clusters").to_pylist()
     kept = {r["cluster"]: r["id"] for r in table if r["kept"]}
