@@ -95,10 +95,12 @@ def plan(params: Params, inputs) -> Plan:
         if inp.kind == "embedded":
             tasks.append({"source": inp.path})
             continue
-        tasks.extend({"source": f, "input": inp.path, "path": inp.display_path(f)} for f in inp.files if file_kind(os.path.basename(f)))
+        name = os.path.normpath(inp.path)  # the input as given: documents' source, and part of their stable ids
+        tasks.extend({"source": f, "input": name, "path": inp.display_path(f)} for f in inp.files if file_kind(os.path.basename(f)))
     if not tasks:
-        unknown = [os.path.basename(f) for inp in inputs for f in inp.files]
-        raise ValueError(f"inputs: no file of a type ingest reads ({_names(unknown)}); it reads JSONL, Parquet, plain text (.txt, .md), HTML and WARC/WET/ARC files")
+        unknown = sorted(os.path.basename(f) for inp in inputs for f in inp.files)
+        raise ValueError(f"inputs: no file ingest can read in {', '.join(inp.path for inp in inputs)} ({_names(unknown)}); "
+                         "it reads JSONL, Parquet, plain text (.txt, .md), HTML and WARC/WET/ARC files")
     return Plan(phases=[("read", tasks)], files=[part_name(i) for i in range(len(tasks))])
 
 
@@ -110,7 +112,8 @@ def _plural(n: int, word: str, plural: str | None = None) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {plural or word + 's'}"
 
 
-def _stable_id(task: dict, where) -> str:
+def _stable_id(task: dict, where: int | None) -> str:
+    """An id for a record without its own: input, file and line (or offset), so it is the same on every run."""
     return hashlib.sha1(f"{task['input']}\0{task['path']}\0{where}".encode()).hexdigest()[:20]
 
 
@@ -142,14 +145,13 @@ def _records(task: dict, params: Params, stats: TaskStats) -> Iterator[dict]:
         rows = readers.iter_parquet(source, params.text_key, stats)
     else:
         rows = ((n, {params.text_key: t}) for n, t in readers.iter_plain_text(source, params.text_split, stats, params.encoding))
-    input_name = os.path.normpath(task["input"])
     for n, obj in rows:
         own_id = obj.get(params.id_key)
         url = obj.get(params.url_key)
         own_source = obj.get("source")
         rest = {k: v for k, v in obj.items() if k not in (params.text_key, params.id_key, params.url_key, "source")}
         yield {"id": str(own_id) if own_id not in (None, "") else _stable_id(task, n), "text": obj[params.text_key],
-               "url": url if isinstance(url, str) else None, "source": own_source if isinstance(own_source, str) else input_name,
+               "url": url if isinstance(url, str) else None, "source": own_source if isinstance(own_source, str) else task["input"],
                "path": task["path"], "line": n, "metadata": json.dumps(rest, ensure_ascii=False, default=str) if rest else None}
 
 
@@ -182,7 +184,7 @@ def _page_documents(records, task: dict, params: Params, stats: TaskStats) -> It
                 continue
         stats.count(f"decoded_{encoding}")
         yield {"id": rec.record_id or _stable_id(task, rec.offset), "text": text, "url": rec.url or None,
-               "source": os.path.normpath(task["input"]), "path": task["path"], "offset": rec.offset, "date": rec.date,
+               "source": task["input"], "path": task["path"], "offset": rec.offset, "date": rec.date,
                "content_type": rec.content_type, "metadata": json.dumps({"encoding": encoding}) if encoding != "utf-8" else None}
 
 
@@ -246,7 +248,7 @@ def _count_skipped_files(ctx, stats: dict) -> None:
         parts.append(f"{_plural(len(unknown), 'file')} of a type it does not read ({_names([os.path.basename(f) for f in unknown])})")
     if unreadable:
         counts["skipped_unreadable"] = len(unreadable)
-        parts.append(f"{_plural(len(unreadable), 'broken, looping or unreadable entry', 'entries')} ({_names([os.path.basename(f) for f in unreadable])})")
+        parts.append(f"{_plural(len(unreadable), 'broken, looping or unreadable entry', 'broken, looping or unreadable entries')} ({_names([os.path.basename(f) for f in unreadable])})")
     if parts:
         log(f"warning: ingest skipped {' and '.join(parts)}")
 

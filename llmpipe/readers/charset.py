@@ -1,10 +1,11 @@
 """Bytes -> text the way browsers read undeclared pages, and text that Parquet (UTF-8) can hold.
 
 `decode` reads a byte-order mark, then strict UTF-8, then falls back: text that is mostly valid
-UTF-8 with a few broken bytes stays UTF-8 (with U+FFFD), other bytes go to the detector
-(charset_normalizer) for non-Latin scripts (Cyrillic, CJK, Greek...) and to cp1252 otherwise,
-as browsers do for Western pages. The detector alone misreads Western single-byte text: it takes
-French latin-1 for cp775 or mac_latin2 and English cp1252 for cp1250 ("trčs", "naďve").
+UTF-8 with a few broken bytes stays UTF-8 (with U+FFFD); other bytes are read as cp1252, as
+browsers do for Western pages, unless the detector (charset_normalizer) reads a non-Latin script
+(Cyrillic, CJK, Greek...) or a Latin code page in which the words hold fewer stray symbols than
+in cp1252 (Polish cp1250). The detector alone misreads Western single-byte text: it takes French
+latin-1 for cp775 or mac_latin2 and English cp1252 for cp1250 ("trčs", "naďve").
 latin-1/iso-8859-1 are read as cp1252, their superset, which is what such files really hold.
 """
 
@@ -70,8 +71,11 @@ def legacy_codec(data: bytes) -> str:
         best = from_bytes(data[:_DETECT_BYTES]).best()
     except ImportError:  # a dependency of trafilatura; plain-text-only installs fall back to cp1252
         best = None
-    if best is not None and _mostly_non_latin(str(best)):
-        return best.encoding
+    if best is None:
+        return "cp1252"
+    reading = str(best)
+    if _mostly_non_latin(reading) or _symbols_in_words(data[:_DETECT_BYTES].decode("cp1252", "replace")) > _symbols_in_words(reading):
+        return best.encoding  # Cyrillic, CJK, Greek; or Central European text that cp1252 garbles ("Za¿ó³æ")
     return "cp1252"
 
 
@@ -80,6 +84,12 @@ def _mostly_non_latin(text: str) -> bool:
     letters = [ch for ch in text if ch.isalpha()]
     other = sum(1 for ch in letters if ord(ch) > 0x24F and not unicodedata.name(ch, "").startswith("LATIN"))
     return other * 10 > len(letters)
+
+
+def _symbols_in_words(text: str) -> int:
+    """Non-ASCII non-letters between two letters ("Za¿ó³æ"): what the wrong single-byte code page reads."""
+    return sum(1 for a, ch, b in zip(text, text[1:], text[2:])
+               if ord(ch) > 127 and not ch.isalpha() and ch not in "\u2018\u2019" and a.isalpha() and b.isalpha())
 
 
 def repair_surrogates(text: str) -> tuple[str, int]:
