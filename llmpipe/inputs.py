@@ -14,7 +14,7 @@ from typing import Literal
 
 from llmpipe.artifacts.layout import MANIFEST, RUN
 from llmpipe.artifacts.manifest import read_manifest
-from llmpipe.errors import InputError
+from llmpipe.errors import InputError, did_you_mean
 from llmpipe.fingerprint import embedded_fingerprint, files_fingerprint
 
 EMBEDDED_PREFIX = "embedded:"  # inputs: text that ships with Python (see llmpipe/readers/embedded.py)
@@ -28,13 +28,23 @@ class Input:
     files: tuple[str, ...]  # absolute paths of data files (artifact parts or raw files)
     fingerprint: str
     output_kind: str | None = None  # for artifacts: documents, tokens, ...
+    skipped: tuple[str, ...] = ()  # entries of a directory left out: broken or looping symlinks, unreadable files
 
     def to_json(self) -> dict:
-        return {"kind": self.kind, "path": self.path, "files": list(self.files), "fingerprint": self.fingerprint, "output_kind": self.output_kind}
+        return {"kind": self.kind, "path": self.path, "files": list(self.files), "fingerprint": self.fingerprint,
+                "output_kind": self.output_kind, "skipped": list(self.skipped)}
 
     @staticmethod
     def from_json(d: dict) -> "Input":
-        return Input(d["kind"], d["path"], tuple(d["files"]), d["fingerprint"], d.get("output_kind"))
+        return Input(d["kind"], d["path"], tuple(d["files"]), d["fingerprint"], d.get("output_kind"), tuple(d.get("skipped", ())))
+
+    def display_path(self, file: str) -> str:
+        """A data file's path as this input names it: the directory or glob base the user gave joined
+        with the file's path below it, or the path as given for a single file. So the same file gets
+        the same name however it was selected, and two index.html in different folders differ."""
+        root = _glob_base(self.path) if glob.has_magic(self.path) else self.path
+        below = os.path.relpath(file, os.path.abspath(root))
+        return os.path.normpath(root if below == "." else os.path.join(root, below))
 
 
 def artifact_input(path: Path) -> Input:
@@ -48,34 +58,72 @@ def planned_input(path: Path, files: list[str], fp: str, output_kind: str) -> In
     return Input("artifact", str(Path(path).resolve()), tuple(str(Path(path).resolve() / f) for f in files), fp, output_kind)
 
 
-def _visible_files(root: Path) -> list[str]:
-    out = []
+def _glob_base(pattern: str) -> str:
+    """The directory part of a glob before its first wildcard ("data/**/*.html" -> "data")."""
+    parts = []
+    for part in Path(pattern).parts:
+        if glob.has_magic(part):
+            break
+        parts.append(part)
+    return os.path.join(*parts) if parts else "."
+
+
+def _readable(path: str) -> bool:
+    """A regular file we may open: not a broken or looping symlink, a fifo, or a file without read permission."""
+    return os.path.isfile(path) and os.access(path, os.R_OK)
+
+
+def _visible_files(root: Path) -> tuple[list[str], list[str]]:
+    """(readable files, skipped entries) below root, hidden and _private names left out."""
+    out, skipped = [], []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "_")))
-        out.extend(os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith((".", "_")))
-    return out
+        for f in sorted(filenames):
+            if not f.startswith((".", "_")):
+                path = os.path.join(dirpath, f)
+                (out if _readable(path) else skipped).append(path)
+    return out, skipped
+
+
+def _check_embedded(ref: str, where: str) -> None:
+    from llmpipe.readers.embedded import SOURCES
+
+    known = [EMBEDDED_PREFIX + s for s in SOURCES]
+    if ref not in known:
+        hint = did_you_mean(ref, known) or f"; choose one of {', '.join(known)}"
+        raise InputError(f'{where}: unknown embedded source "{ref}"{hint}')
 
 
 def resolve_input(ref: str, where: str) -> Input:
     """Turn a user's input string into an Input, or raise a one-line InputError."""
     if ref.startswith(EMBEDDED_PREFIX):
+        _check_embedded(ref, where)
         return Input("embedded", ref, (ref,), embedded_fingerprint(ref))
     p = Path(ref)
+    skipped: list[str] = []
     if p.is_dir():
         if (p / MANIFEST).exists():
             return artifact_input(p)
         if (p / RUN).exists():
             raise InputError(f"{where}: {ref} is an incomplete artifact (no {MANIFEST}); re-run the step that makes it")
-        files = _visible_files(p)
+        files, skipped = _visible_files(p)
         if not files:
-            raise InputError(f"{where}: directory {ref} holds no files")
+            what = f"only unreadable entries ({os.path.basename(skipped[0])}: a broken or looping symlink?)" if skipped else "no files"
+            raise InputError(f"{where}: directory {ref} holds {what}")
     elif p.is_file():
+        if not os.access(p, os.R_OK):
+            raise InputError(f"{where}: input file {ref} is not readable (permission denied)")
         files = [str(p)]
     elif glob.has_magic(ref):
-        files = sorted(f for f in glob.glob(ref, recursive=True) if os.path.isfile(f))
+        matches = sorted(f for f in glob.glob(ref, recursive=True) if not os.path.isdir(f))
+        files = [f for f in matches if _readable(f)]
+        skipped = [f for f in matches if not _readable(f)]
         if not files:
             raise InputError(f'{where}: no file matches "{ref}"')
+    elif p.is_symlink():
+        raise InputError(f"{where}: input path {ref} is a broken or looping symlink")
     else:
         raise InputError(f"{where}: input path {ref} does not exist")
-    files = [str(Path(f).resolve()) for f in files]
-    return Input("files", ref, tuple(files), files_fingerprint(files))
+    # abspath, not resolve: a symlinked file keeps its name under the input (and a loop cannot raise)
+    files = [os.path.abspath(f) for f in files]
+    return Input("files", ref, tuple(files), files_fingerprint(files), skipped=tuple(os.path.abspath(f) for f in skipped))

@@ -1,10 +1,25 @@
 """Turn raw inputs (WARC/WET/ARC, HTML, JSONL/.gz/.zst, Parquet, plain text, embedded sources) into documents.
 
 One task per input file; each writes one Parquet part. Web pages are decoded (BOM, HTTP and
-<meta> charset, UTF-8, detection) and reduced to their main text by trafilatura (best measured
-quality) or resiliparse (~15x faster); WET records are taken as they are. Bad records (corrupt
-or truncated WARC records, broken JSON lines, invalid UTF-8, binary payloads) are counted by
-reason and skipped; non-HTML responses, error statuses, empty and giant pages are counted drops.
+<meta> charset, UTF-8, then cp1252 or detection for non-Latin scripts, as browsers do) and
+reduced to their main text by trafilatura (best measured quality) or resiliparse (~15x faster);
+WET records are taken as they are. Plain-text and JSONL files are read as UTF-8 when they are,
+else the same way (or with the `encoding` you name); manifest stats count the codec each
+document was read with (`decoded_utf-8`, `decoded_cp1252`). Bad records (corrupt or truncated
+WARC records, broken JSON lines, binary payloads) are counted by reason and skipped; non-HTML
+responses, error statuses, empty and giant pages are counted drops. Lone surrogates (JSON
+"\\udce9" escapes) become U+FFFD (`repaired_surrogates`). Files of other types in a directory or
+glob (a stray .pdf) and broken or looping symlinks are skipped and counted.
+
+Every document says where it came from, as datatrove's `file_path` and record ids do:
+  source  the input as given (`data/crawl`, `data/*.jsonl`, `python-docs`), or the record's own
+          `source` field (Dolma, RedPajama)
+  path    the input file, as the input names it: the directory or glob base you gave joined with
+          the file's path below it (`data/crawl/2024/index.html`), or the path of a single file as given
+  line    the 1-based line of a JSONL or text record (where a block starts), or the row of a Parquet file
+  offset  the byte offset of a WARC/ARC record in its file (compressed, as CDX indexes count);
+          `id` is its WARC-Record-ID
+Records without their own id get a stable hash of input, path and line (or offset) as `id`.
 
     llmpipe ingest --input 'data/*.jsonl.gz' --output runs/docs
     [steps.ingest]
@@ -13,6 +28,7 @@ reason and skipped; non-HTML responses, error statuses, empty and giant pages ar
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import os
@@ -21,13 +37,16 @@ from typing import Iterator, Literal
 
 from llmpipe.artifacts.documents import DocumentWriter
 from llmpipe.artifacts.layout import part_name
+from llmpipe.errors import DataError
 from llmpipe.inputs import EMBEDDED_PREFIX
+from llmpipe.log import log
 from llmpipe.registry import Plan, Stage
 from llmpipe.stats import TaskStats, check_bad_fraction
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".ndjson")
 WARC_SUFFIXES = (".warc", ".warc.gz", ".warc.lz4", ".warc.zst", ".wet", ".wet.gz", ".arc", ".arc.gz", ".warc.txt")
 HTML_SUFFIXES = (".html", ".htm", ".html.gz", ".htm.gz")
+TEXT_SUFFIXES = (".txt", ".txt.gz", ".md", ".text", ".rst")
 HTML_TYPES = ("text/html", "application/xhtml+xml", "text/plain")
 
 
@@ -38,6 +57,9 @@ class Params:
     url_key: str = field(default="url", metadata={"help": "Field with the document URL, if any."})
     text_split: Literal["file", "blank_line", "line"] = field(
         default="file", metadata={"help": "How plain-text files become documents: whole file, blank-line blocks, or lines."}
+    )
+    encoding: str = field(
+        default="auto", metadata={"help": "Encoding of plain-text and JSONL files: auto (UTF-8, else cp1252 or detected, as browsers do) or a codec name (latin-1, cp1252, shift_jis) to force."}
     )
     min_chars: int = field(default=1, metadata={"help": "Skip documents shorter than this many characters (after stripping)."})
     max_chars: int = field(default=5_000_000, metadata={"help": "Skip documents longer than this (giant pages, dumps)."})
@@ -52,61 +74,88 @@ class Params:
             raise ValueError(f"max_bad_fraction: expected a number in [0, 1], got {self.max_bad_fraction}")
         if self.min_chars > self.max_chars:
             raise ValueError(f"min_chars: {self.min_chars} is above max_chars={self.max_chars}")
+        if self.encoding != "auto":
+            try:
+                codecs.lookup(self.encoding)
+            except LookupError:
+                raise ValueError(f'encoding: unknown codec "{self.encoding}"; give auto or a codec name such as utf-8, cp1252, latin-1') from None
+
+
+def file_kind(name: str) -> str | None:
+    """Which reader reads a file, by its name; None for a type ingest does not read."""
+    for kind, suffixes in (("web", WARC_SUFFIXES), ("html", HTML_SUFFIXES), ("jsonl", JSONL_SUFFIXES), ("parquet", (".parquet",)), ("text", TEXT_SUFFIXES)):
+        if name.endswith(suffixes):
+            return kind
+    return None
 
 
 def plan(params: Params, inputs) -> Plan:
-    files = [f for inp in inputs for f in inp.files]
-    tasks = [{"source": f} for f in files]
+    tasks = []
+    for inp in inputs:
+        if inp.kind == "embedded":
+            tasks.append({"source": inp.path})
+            continue
+        name = os.path.normpath(inp.path)  # the input as given: documents' source, and part of their stable ids
+        tasks.extend({"source": f, "input": name, "path": inp.display_path(f)} for f in inp.files if file_kind(os.path.basename(f)))
+    if not tasks:
+        unknown = sorted(os.path.basename(f) for inp in inputs for f in inp.files)
+        raise ValueError(f"inputs: no file ingest can read in {', '.join(inp.path for inp in inputs)} ({_names(unknown)}); "
+                         "it reads JSONL, Parquet, plain text (.txt, .md), HTML and WARC/WET/ARC files")
     return Plan(phases=[("read", tasks)], files=[part_name(i) for i in range(len(tasks))])
 
 
-def _records(source: str, params: Params, stats: TaskStats) -> Iterator[dict]:
+def _names(names: list[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def _plural(n: int, word: str, plural: str | None = None) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {plural or word + 's'}"
+
+
+def _stable_id(task: dict, where: int | None) -> str:
+    """An id for a record without its own: input, file and line (or offset), so it is the same on every run."""
+    return hashlib.sha1(f"{task['input']}\0{task['path']}\0{where}".encode()).hexdigest()[:20]
+
+
+def _records(task: dict, params: Params, stats: TaskStats) -> Iterator[dict]:
     from llmpipe.readers import text as readers
 
+    source = task["source"]
     if source.startswith(EMBEDDED_PREFIX):
         from llmpipe.readers.embedded import iter_embedded
 
         yield from iter_embedded(source[len(EMBEDDED_PREFIX):])
         return
-    name = os.path.basename(source)
-    stem = name.split(".")[0]
-    if name.endswith(WARC_SUFFIXES):
-        yield from _web_documents(source, stem, params, stats)
+    kind = file_kind(os.path.basename(source))
+    if kind == "web":
+        from llmpipe.readers.warc import iter_web_records
+
+        yield from _page_documents(iter_web_records(source, stats), task, params, stats)
         return
-    if name.endswith(HTML_SUFFIXES):
-        from llmpipe.readers.text import open_maybe_compressed
+    if kind == "html":
         from llmpipe.readers.warc import WebRecord
 
-        with open_maybe_compressed(source) as f:
-            page = WebRecord(hashlib.sha1(source.encode()).hexdigest()[:20], "", None, "text/html", f.read(), "response")
-        yield from _page_documents([page], stem, params, stats)
+        with readers.open_maybe_compressed(source) as f:
+            page = WebRecord(_stable_id(task, 0), "", None, "text/html", f.read(), "response")
+        yield from _page_documents([page], task, params, stats)
         return
-    if name.endswith(JSONL_SUFFIXES):
-        rows = readers.iter_jsonl(source, params.text_key, stats)
-    elif name.endswith(".parquet"):
+    if kind == "jsonl":
+        rows = readers.iter_jsonl(source, params.text_key, stats, params.encoding)
+    elif kind == "parquet":
         rows = readers.iter_parquet(source, params.text_key, stats)
-    elif name.endswith((".txt", ".txt.gz", ".md", ".text", ".rst")):
-        rows = ((n, {params.text_key: t}) for n, t in readers.iter_plain_text(source, params.text_split, stats))
     else:
-        stats.skip("unsupported_format", name)
-        return
+        rows = ((n, {params.text_key: t}) for n, t in readers.iter_plain_text(source, params.text_split, stats, params.encoding))
     for n, obj in rows:
         own_id = obj.get(params.id_key)
-        doc_id = str(own_id) if own_id not in (None, "") else hashlib.sha1(f"{source}:{n}".encode()).hexdigest()[:20]
         url = obj.get(params.url_key)
-        source_name = obj.get("source") if isinstance(obj.get("source"), str) else stem
+        own_source = obj.get("source")
         rest = {k: v for k, v in obj.items() if k not in (params.text_key, params.id_key, params.url_key, "source")}
-        yield {"id": doc_id, "text": obj[params.text_key], "url": url if isinstance(url, str) else None, "source": source_name,
-               "metadata": json.dumps(rest, ensure_ascii=False, default=str) if rest else None}
+        yield {"id": str(own_id) if own_id not in (None, "") else _stable_id(task, n), "text": obj[params.text_key],
+               "url": url if isinstance(url, str) else None, "source": own_source if isinstance(own_source, str) else task["input"],
+               "path": task["path"], "line": n, "metadata": json.dumps(rest, ensure_ascii=False, default=str) if rest else None}
 
 
-def _web_documents(source: str, stem: str, params: Params, stats: TaskStats) -> Iterator[dict]:
-    from llmpipe.readers.warc import iter_web_records
-
-    yield from _page_documents(iter_web_records(source, stats), stem, params, stats)
-
-
-def _page_documents(records, stem: str, params: Params, stats: TaskStats) -> Iterator[dict]:
+def _page_documents(records, task: dict, params: Params, stats: TaskStats) -> Iterator[dict]:
     """Web records -> documents: status and type checks, size cap, decoding, main-text extraction."""
     from llmpipe.readers.html import decode_html, extract_main_text, looks_binary
 
@@ -133,9 +182,24 @@ def _page_documents(records, stem: str, params: Params, stats: TaskStats) -> Ite
             if not text.strip():
                 stats.drop("no_main_text")
                 continue
-        doc_id = rec.record_id or hashlib.sha1(f"{stem}:{rec.url}:{rec.date}".encode()).hexdigest()[:20]
-        yield {"id": doc_id, "text": text, "url": rec.url or None, "source": stem, "date": rec.date,
+        stats.count(f"decoded_{encoding}")
+        yield {"id": rec.record_id or _stable_id(task, rec.offset), "text": text, "url": rec.url or None,
+               "source": task["input"], "path": task["path"], "offset": rec.offset, "date": rec.date,
                "content_type": rec.content_type, "metadata": json.dumps({"encoding": encoding}) if encoding != "utf-8" else None}
+
+
+def _repaired(rec: dict, stats: TaskStats) -> dict:
+    """Strings UTF-8 can hold: lone surrogates become U+FFFD, so one such record never sinks the task."""
+    from llmpipe.readers.charset import repair_surrogates
+
+    repaired = 0
+    for key, value in rec.items():
+        if isinstance(value, str):
+            rec[key], n = repair_surrogates(value)
+            repaired += n
+    if repaired:
+        stats.count("repaired_surrogates")
+    return rec
 
 
 def read_task(ctx, task: dict) -> dict:
@@ -143,7 +207,7 @@ def read_task(ctx, task: dict) -> dict:
     stats = TaskStats()
     batch: list[dict] = []
     with DocumentWriter(ctx.out / part_name(ctx.task_index)) as writer:
-        for rec in _records(task["source"], params, stats):
+        for rec in _records(task, params, stats):
             n = len(rec["text"].strip())
             if n < params.min_chars:
                 stats.drop("too_short")
@@ -151,7 +215,7 @@ def read_task(ctx, task: dict) -> dict:
             if len(rec["text"]) > params.max_chars:
                 stats.drop("too_large")
                 continue
-            batch.append(rec)
+            batch.append(_repaired(rec, stats))
             stats.count("documents")
             stats.count("chars", len(rec["text"]))
             if len(batch) >= 2048:
@@ -162,11 +226,41 @@ def read_task(ctx, task: dict) -> dict:
 
 
 def finalize(ctx, stats: dict, records: dict) -> dict:
-    check_bad_fraction(stats, "documents", ctx.params.max_bad_fraction, f"ingest {ctx.out}")
+    _count_skipped_files(ctx, stats)
+    hint = _text_key_hint(stats, ctx.params)
+    try:
+        check_bad_fraction(stats, "documents", ctx.params.max_bad_fraction, f"ingest {ctx.out}")
+    except DataError as e:
+        raise DataError(f"{e}{hint}") from None
+    if hint:
+        log(f"warning: ingest: {stats['skipped']['no_text']} records had no text{hint}")
     return {"counts": {"documents": stats.get("counts", {}).get("documents", 0), "chars": stats.get("counts", {}).get("chars", 0)}, "stats": stats}
 
 
+def _count_skipped_files(ctx, stats: dict) -> None:
+    """Files of other types and unreadable entries: counted in the stats, named in one warning line."""
+    unknown = [f for inp in ctx.inputs if inp.kind != "embedded" for f in inp.files if not file_kind(os.path.basename(f))]
+    unreadable = [f for inp in ctx.inputs for f in inp.skipped]
+    counts = stats.setdefault("counts", {})
+    parts = []
+    if unknown:
+        counts["skipped_unknown_type"] = len(unknown)
+        parts.append(f"{_plural(len(unknown), 'file')} of a type it does not read ({_names([os.path.basename(f) for f in unknown])})")
+    if unreadable:
+        counts["skipped_unreadable"] = len(unreadable)
+        parts.append(f"{_plural(len(unreadable), 'broken, looping or unreadable entry', 'broken, looping or unreadable entries')} ({_names([os.path.basename(f) for f in unreadable])})")
+    if parts:
+        log(f"warning: ingest skipped {' and '.join(parts)}")
+
+
+def _text_key_hint(stats: dict, params: Params) -> str:
+    """When records lack the text field: what the first one holds instead, and the param to set."""
+    missing = (f'no "{params.text_key}"', f'no column "{params.text_key}"')
+    sample = next((s for s in stats.get("samples", {}).get("no_text", []) if any(m in s for m in missing)), None)
+    return f"; {sample}; name the text field with --text-key (text_key in a pipeline file)" if sample else ""
+
+
 STAGE = Stage(
-    name="ingest", version=3, params=Params, doc=__doc__, plan=plan, run_task={"read": read_task},
+    name="ingest", version=4, params=Params, doc=__doc__, plan=plan, run_task={"read": read_task},
     finalize=finalize, output_kind="documents", input_kinds=("raw", "documents"),
 )

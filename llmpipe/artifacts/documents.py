@@ -1,6 +1,8 @@
-"""Document artifacts: Parquet parts (zstd), one row per document: id, text, url, source, date, content_type, metadata, ...
+"""Document artifacts: Parquet parts (zstd), one row per document: id, text, url, source, path, line, offset, date, content_type, metadata, ...
 
-`metadata` is a JSON object (as a string) of whatever else the source record carried.
+`metadata` is a JSON object (as a string) of whatever else the source record carried. `path`,
+`line` and `offset` say which input record a document came from (see stages/ingest.py); later
+stages copy every column through, so kept and rejected documents keep them.
 
 Readers stream record batches so memory stays bounded by the batch, not the corpus. Writers
 buffer a row group, write it, and rename the part into place only when it is complete.
@@ -22,6 +24,9 @@ BASE_SCHEMA = pa.schema(
         pa.field("text", pa.string(), nullable=False),
         pa.field("url", pa.string()),
         pa.field("source", pa.string()),
+        pa.field("path", pa.string()),  # the input file, as the input names it
+        pa.field("line", pa.int64()),  # 1-based line (JSONL, text) or row (Parquet) of the record
+        pa.field("offset", pa.int64()),  # byte offset of a WARC/ARC record in its file
         pa.field("date", pa.string()),  # fetch date (WARC-Date) where the source has one
         pa.field("content_type", pa.string()),
         pa.field("metadata", pa.string()),

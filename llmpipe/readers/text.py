@@ -1,4 +1,9 @@
-"""JSONL (plain, .gz, .zst), Parquet and plain-text inputs; bad records are counted, never fatal."""
+"""JSONL (plain, .gz, .zst), Parquet and plain-text inputs; bad records are counted, never fatal.
+
+Text files and JSONL lines are decoded as browsers decode pages (llmpipe/readers/charset.py):
+strict UTF-8 (with a byte-order mark), else a fallback (cp1252 for Western legacy files), or
+an encoding the user names. Each record counts the codec it was read with (`decoded_cp1252`).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,9 @@ import gzip
 import io
 import json
 import os
-import re
 from typing import IO, Iterator
 
+from llmpipe.readers.charset import codec_name, decode, legacy_codec, mostly_utf8, strip_bom
 from llmpipe.stats import TaskStats
 
 
@@ -18,40 +23,76 @@ def open_maybe_compressed(path: str) -> IO[bytes]:
     if path.endswith(".zst"):
         import zstandard
 
-        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), read_across_frames=True)
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), read_across_frames=True))
     return open(path, "rb")
 
 
-def iter_jsonl(path: str, text_key: str, stats: TaskStats) -> Iterator[tuple[int, dict]]:
+def _decoded_lines(raw: IO[bytes], encoding: str) -> Iterator[tuple[int, str, str]]:
+    """(line number, text, codec) per line. "auto" reads each line as strict UTF-8, and a line that
+    is not as the file's legacy codec (chosen once, from the first such line) unless it is UTF-8
+    with a few stray bytes."""
+    bom = strip_bom(raw.peek(4)[:4])[1]
+    if encoding != "auto" or bom not in (None, "utf-8"):  # a named codec, or UTF-16: lines are not bytes split at \n
+        enc = codec_name(encoding) if encoding != "auto" else bom
+        text = io.TextIOWrapper(raw, encoding="utf-16" if bom and enc.startswith("utf-16") else enc, errors="replace", newline="\n")
+        for lineno, line in enumerate(text, 1):
+            yield lineno, line.lstrip("\ufeff") if lineno == 1 else line, enc
+        return
+    legacy = None
+    for lineno, line in enumerate(raw, 1):
+        if lineno == 1:
+            line = strip_bom(line)[0]
+        try:
+            text, enc = line.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            enc = "utf-8" if mostly_utf8(line) else (legacy := legacy or legacy_codec(line))
+            text = line.decode(enc, "replace")
+        yield lineno, text, enc
+
+
+def iter_jsonl(path: str, text_key: str, stats: TaskStats, encoding: str = "auto") -> Iterator[tuple[int, dict]]:
     """(line number, object) for each valid line holding a string under text_key."""
+    name = os.path.basename(path)
     try:
         with open_maybe_compressed(path) as raw:
-            for lineno, line in enumerate(io.BufferedReader(raw) if path.endswith(".zst") else raw, 1):
+            for lineno, line, enc in _decoded_lines(raw, encoding):
                 if not line.strip():
                     continue
                 try:
                     obj = json.loads(line)
-                except (UnicodeDecodeError, ValueError):
-                    stats.skip("bad_json", f"{os.path.basename(path)}:{lineno}")
+                except ValueError:
+                    stats.skip("bad_json", f"{name}:{lineno}")
                     continue
                 if not isinstance(obj, dict) or not isinstance(obj.get(text_key), str):
-                    stats.skip("no_text", f"{os.path.basename(path)}:{lineno}")
+                    stats.skip("no_text", f"{name}:{lineno}: {_no_text_reason(obj, text_key)}")
                     continue
+                stats.count(f"decoded_{enc}")
                 yield lineno, obj
     except (EOFError, OSError) as e:  # truncated gzip/zstd: keep what was read
-        stats.skip("truncated_file", f"{os.path.basename(path)}: {e}")
+        stats.skip("truncated_file", f"{name}: {e}")
+
+
+def _no_text_reason(obj, text_key: str) -> str:
+    """What the record holds instead, so the user can name the right text field."""
+    if not isinstance(obj, dict):
+        return f"a JSON {type(obj).__name__}, not an object"
+    if text_key in obj:
+        return f'"{text_key}" is a {type(obj[text_key]).__name__}, not a string'
+    return f'no "{text_key}" field, has {", ".join(list(obj)[:12]) or "no fields"}'
 
 
 def iter_parquet(path: str, text_key: str, stats: TaskStats) -> Iterator[tuple[int, dict]]:
+    """(row number, from 1, row) for each row holding a string under text_key."""
     import pyarrow.parquet as pq
 
+    name = os.path.basename(path)
     try:
         pf = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises several types for a corrupt file
-        stats.skip("bad_parquet", f"{os.path.basename(path)}: {e}")
+        stats.skip("bad_parquet", f"{name}: {e}")
         return
     if text_key not in pf.schema_arrow.names:
-        stats.skip("no_text", f"{os.path.basename(path)}: no column {text_key!r}")
+        stats.skip("no_text", f'{name}: no column "{text_key}", has {", ".join(pf.schema_arrow.names[:12])}')
         return
     row = 0
     for batch in pf.iter_batches(batch_size=2048):
@@ -60,28 +101,37 @@ def iter_parquet(path: str, text_key: str, stats: TaskStats) -> Iterator[tuple[i
             if isinstance(obj.get(text_key), str):
                 yield row, obj
             else:
-                stats.skip("no_text", f"{os.path.basename(path)}:{row}")
+                stats.skip("no_text", f"{name}:{row}: {_no_text_reason(obj, text_key)}")
 
 
-def iter_plain_text(path: str, split: str, stats: TaskStats) -> Iterator[tuple[int, str]]:
-    """The file as one document, or one per blank-line-separated block, or one per line."""
+def iter_plain_text(path: str, split: str, stats: TaskStats, encoding: str = "auto") -> Iterator[tuple[int, str]]:
+    """(line number where it starts, text): the file as one document, or one per blank-line-separated
+    block, or one per line."""
     with open_maybe_compressed(path) as f:
-        data = f.read()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        stats.skip("bad_utf8", os.path.basename(path))
-        return
+        text, enc = decode(f.read(), encoding)
     if "\x00" in text:
         stats.skip("binary", os.path.basename(path))
         return
     if split == "file":
-        yield 1, text
+        records = iter([(1, text)])
     elif split == "line":
-        for i, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                yield i, line
+        records = ((i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip())
     else:
-        for i, block in enumerate(re.split(r"\n[ \t]*\n", text.replace("\r\n", "\n")), 1):
-            if block.strip():
-                yield i, block.strip("\n")
+        records = _blocks(text.replace("\r\n", "\n"))
+    for n, record in records:
+        stats.count(f"decoded_{enc}")
+        yield n, record
+
+
+def _blocks(text: str) -> Iterator[tuple[int, str]]:
+    """Blocks of lines separated by blank lines (spaces and tabs only), with their first line's number."""
+    start, lines = 0, []
+    for i, line in enumerate(text.split("\n"), 1):
+        if line.strip(" \t"):
+            start = start or i
+            lines.append(line)
+        elif lines:
+            yield start, "\n".join(lines)
+            start, lines = 0, []
+    if lines:
+        yield start, "\n".join(lines)

@@ -1,4 +1,4 @@
-"""WARC / WET / ARC records -> (url, date, content type, payload) with bad records counted.
+"""WARC / WET / ARC records -> (record id, byte offset, url, date, content type, payload) with bad records counted.
 
 FastWARC reads WARC (gzip, lz4, zstd, also whole-file gzip and wrong chunk sizes that warcio
 rejects) about 3x faster than warcio (benchmarks/warc_readers.py); warcio reads the ARC files
@@ -23,6 +23,7 @@ class WebRecord:
     payload: bytes
     kind: str  # "response" (HTML to extract) or "conversion" (WET: text already extracted)
     status: int | None = None
+    offset: int | None = None  # where the record starts in the file (compressed bytes for .gz, as CDX indexes count)
 
 
 def iter_web_records(path: str, stats: TaskStats) -> Iterator[WebRecord]:
@@ -59,13 +60,13 @@ def _iter_fastwarc(path: str, stats: TaskStats) -> Iterator[WebRecord]:
                         stats.skip("truncated_record", f"{name}: {url}")
                         continue
                     text_kind = "conversion" if kind == WarcRecordType.conversion else "response"
-                    yield WebRecord(rid, url, date, rec.headers.get("Content-Type"), payload, text_kind)
+                    yield WebRecord(rid, url, date, rec.headers.get("Content-Type"), payload, text_kind, offset=rec.stream_pos)
                     continue
                 declared = h.get("Content-Length", "")
                 if not (h.get("Transfer-Encoding") or h.get("Content-Encoding")) and declared.isdigit() and len(payload) < int(declared):
                     stats.skip("truncated_record", f"{name}: {url}")
                     continue
-                yield WebRecord(rid, url, date, h.get("Content-Type"), payload, "response", h.status_code)
+                yield WebRecord(rid, url, date, h.get("Content-Type"), payload, "response", h.status_code, rec.stream_pos)
     except (OSError, ValueError) as e:  # "Invalid WARC header", broken compression
         stats.skip("bad_warc", f"{name}: {e}")
         return
@@ -80,9 +81,11 @@ def _iter_warcio(path: str, stats: TaskStats) -> Iterator[WebRecord]:
     name = os.path.basename(path)
     try:
         with open(path, "rb") as stream:
-            for rec in ArchiveIterator(stream, arc2warc=True):
+            records = ArchiveIterator(stream, arc2warc=True)
+            for rec in records:
                 if rec.rec_type != "response":
                     continue
+                offset = records.get_record_offset()
                 url = rec.rec_headers.get_header("WARC-Target-URI") or ""
                 payload = rec.content_stream().read()
                 if rec.raw_stream.limit > 0:
@@ -90,9 +93,9 @@ def _iter_warcio(path: str, stats: TaskStats) -> Iterator[WebRecord]:
                     continue
                 status = rec.http_headers.get_statuscode() if rec.http_headers else None
                 yield WebRecord(
-                    rec.rec_headers.get_header("WARC-Record-ID") or "", url, rec.rec_headers.get_header("WARC-Date"),
+                    "", url, rec.rec_headers.get_header("WARC-Date"),  # ARC has no record ids (warcio makes random ones)
                     rec.http_headers.get_header("Content-Type") if rec.http_headers else None, payload, "response",
-                    int(status) if status and str(status).isdigit() else None,
+                    int(status) if status and str(status).isdigit() else None, offset,
                 )
     except (ArchiveLoadFailed, OSError, ValueError, EOFError) as e:
         stats.skip("bad_warc", f"{name}: {str(e)[:120]}")

@@ -26,7 +26,9 @@ def test_jsonl_plain_gz_zst_parquet_text(tmp_path):
     docs = rows(tmp_path / "out")
     assert m["counts"]["documents"] == 12 and len(docs) == 12
     assert [d["text"] for d in docs[-3:]] == ["from parquet", "first block", "second block"]
-    assert docs[0]["url"] == "https://x/0" and docs[0]["source"] == "a"
+    assert docs[0]["url"] == "https://x/0" and docs[0]["source"] == str(tmp_path / "*.*")  # the input as given
+    assert (docs[0]["path"], docs[0]["line"]) == (str(tmp_path / "a.jsonl"), 1)
+    assert [(d["path"], d["line"]) for d in docs[-2:]] == [(str(tmp_path / "e.txt"), 1), (str(tmp_path / "e.txt"), 3)]
     assert docs[9]["id"] == "own-id"
     ids = [d["id"] for d in docs]
     assert len(set(ids)) == 12
@@ -38,11 +40,12 @@ def test_bad_records_are_counted_not_fatal(tmp_path):
     good = [json.dumps({"text": f"doc {i}"}) for i in range(20)]
     (tmp_path / "a.jsonl").write_text("\n".join(good[:10] + ['{"text": broken', '{"no_text": 1}', "[1, 2]"] + good[10:]) + "\n")
     (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(("\n".join(good) + "\n").encode())[:-30])  # truncated gzip
-    (tmp_path / "c.txt").write_bytes(b"\xff\xfe not utf-8 \xc3\x28")
-    (tmp_path / "d.pdf").write_bytes(b"%PDF-1.4")
+    (tmp_path / "c.txt").write_bytes(b"binary \x00\x01\x02 payload")
+    (tmp_path / "d.pdf").write_bytes(b"%PDF-1.4")  # a type ingest does not read: counted, not bad data
     m = llmpipe.run_stage("ingest", [str(tmp_path)], tmp_path / "../out", max_bad_fraction=0.5)
     skipped = m["stats"]["skipped"]
-    assert skipped == {"bad_json": 1, "no_text": 2, "truncated_file": 1, "bad_utf8": 1, "unsupported_format": 1}
+    assert skipped == {"bad_json": 1, "no_text": 2, "truncated_file": 1, "binary": 1}
+    assert m["stats"]["counts"]["skipped_unknown_type"] == 1
     assert m["counts"]["documents"] == len(rows(tmp_path / "../out")) >= 20  # a, plus what b held before its cut
     assert m["stats"]["samples"]["bad_json"] == ["a.jsonl:11"]
 

@@ -62,9 +62,9 @@ def test_fuzzed_and_truncated_inputs(tmp_path, shared_data):
     s = m["stats"]["skipped"]
     assert s.get("bad_warc", 0) + s.get("bad_warc_record", 0) >= 2 and s.get("bad_json", 0) >= 2
     docs = rows(tmp_path / "../out")
-    html_doc = [d for d in docs if d["source"] == "page"]
+    html_doc = [d for d in docs if d["path"] == str(tmp_path / "page.html")]
     assert html_doc and "la crème brûlée que préparait le pâtissier" in html_doc[0]["text"], "undeclared latin-1 is detected"
-    from_half = [d for d in docs if d["source"] == "half"]
+    from_half = [d for d in docs if d["path"] == str(tmp_path / "half.warc.gz")]
     assert len(from_half) >= 1, "records before the cut are kept"
 
 
@@ -86,7 +86,7 @@ def test_html_pages_with_ground_truth(tmp_path, shared_data):
     for k in keys:
         (tmp_path / f"{k}.html").write_bytes(gzip.decompress((shared_data / f"web/aeb/html/{k}.html.gz").read_bytes()))
     llmpipe.run_stage("ingest", [str(tmp_path / "*.html")], tmp_path / "../docs")
-    docs = {d["source"]: d["text"] for d in rows(tmp_path / "../docs")}
+    docs = {d["path"].removeprefix(f"{tmp_path}/").removesuffix(".html"): d["text"] for d in rows(tmp_path / "../docs")}
     assert len(docs) == 10
     for k in keys:
         gold = set(truth[k]["articleBody"].split())
