@@ -48,7 +48,11 @@ def build_step(
     try:  # a plan that cannot be made (labels that do not match the inputs, ...) is a user error
         stage.plan(typed, list(inputs))
     except ValueError as e:
-        raise ConfigError(f"{where} {e}") from None
+        message = str(e)
+        key, sep, rest = message.partition(": ")
+        if flags and sep and key in {f.name for f in stage.param_fields()}:  # as the user spelled it: --batch-tokens
+            message = f"--{key.replace('_', '-')}: {rest}"
+        raise ConfigError(f"{where} {message}") from None
     return step_mod.Step(name, stage_ref, stage, typed, list(inputs), out, param_fps)
 
 
@@ -84,7 +88,11 @@ def execute(step: step_mod.Step, workers: int = 1, force: bool = False) -> dict:
         import shutil
 
         shutil.rmtree(step.out)
-    run = step_mod.prepare(step)
+    try:  # planned again now that earlier steps have run (a pipeline plans before they exist), before a write
+        plan = step.plan()
+    except ValueError as e:
+        raise ConfigError(f"{step.name} {e}") from None
+    run = step_mod.prepare(step, plan)
     shard = array_shard()
     if shard is not None:
         return _execute_shard(step, run, *shard)

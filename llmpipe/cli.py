@@ -171,16 +171,21 @@ def inspect(artifact, rows):
 @cli.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--prompt", default="", help="Text to continue.")
-@click.option("--max-new-tokens", default=64, show_default=True, help="Tokens to generate.")
-@click.option("--temperature", default=0.0, show_default=True, help="0 is greedy; above 0 samples.")
-@click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling: keep the smallest set of tokens with this much probability.")
+@click.option("--max-new-tokens", default=64, show_default=True, type=click.IntRange(min=0), help="Tokens to generate (fewer when the model's context fills up).")
+@click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0), help="0 is greedy; above 0 samples.")
+@click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="Nucleus sampling: keep the smallest set of tokens with this much probability (0 < p <= 1).")
 @click.option("--seed", default=0, show_default=True, help="Sampling seed.")
 def generate(checkpoint, prompt, max_new_tokens, temperature, top_p, seed):
     """Continue a prompt with a pretrain checkpoint (KV cache; greedy or top-p)."""
-    from llmpipe.generate import generate_text, load_for_generation
+    from llmpipe.generate import generate as run_generation, load_for_generation
 
     model, tok = load_for_generation(checkpoint)
-    click.echo(generate_text(model, tok, prompt, max_new_tokens, temperature, top_p, seed))  # prompt included
+    out = run_generation(model, tok, prompt, max_new_tokens, temperature, top_p, seed)
+    click.echo(out.text)  # prompt included
+    if out.stopped_at_context:  # after the text, so nothing generated is lost
+        click.echo(f"note: stopped after {out.new_tokens} of {max_new_tokens} new tokens: the model's context of {out.context} tokens "
+                   "is full (prompt and bos included)", err=True)
 
 
 @cli.command(hidden=True)

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from llmpipe.registry import Plan, Stage
 
@@ -52,7 +54,7 @@ class Params:
     compile: bool = field(default=False, metadata={"help": "torch.compile the model: ~1.15x eager tokens/s on this 2-core CPU at 0.8M params, after a slow first step (compilation); pays off on long runs."})
     activation_checkpointing: bool = field(default=False, metadata={"help": "Recompute each block's activations in backward to save memory."})
     nproc_per_node: int = field(default=1, metadata={"help": "Training processes per node (torchrun, DDP); 1 trains in this process."})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps."})
+    device: Literal["auto", "cpu", "cuda", "mps"] = field(default="auto", metadata={"help": "Where to train: auto (cuda, else mps, else cpu), cpu, cuda or mps."})
 
     def __post_init__(self):
         if self.model not in MODEL_PRESETS:
@@ -81,13 +83,68 @@ def model_config(p: Params, vocab_size: int, special: dict):
 
 
 def plan(params: Params, inputs) -> Plan:
+    from llmpipe.text.tokenizer import check_tokenizer
+
     if len(inputs) != 1:
         raise ValueError(f"inputs: expected one tokenize artifact, got {len(inputs)}")
+    if params.tokenizer:
+        check_tokenizer(params.tokenizer)
+    _check_device(params.device, built_only=True)
+    tokens = _made_manifest(inputs[0])
+    if tokens is not None:
+        _check_tokens(params, inputs[0].path, tokens)
     files = ["model.safetensors", "config.json", "metrics.jsonl", "loss.png"]
     if params.tokenizer:
         tok = Path(params.tokenizer)
         files += [f for f in TOKENIZER_FILES if (tok / f).exists()] if tok.is_dir() else ["tokenizer.model"]
     return Plan(phases=[("train", [{}])], files=files)
+
+
+def _made_manifest(inp) -> dict | None:
+    """The manifest of an input artifact as it will be read; None while an earlier step has yet to (re)make it."""
+    from llmpipe.artifacts.layout import MANIFEST, read_json
+
+    path = Path(inp.path) / MANIFEST
+    manifest = read_json(path) if inp.kind == "artifact" and path.is_file() else None
+    return manifest if manifest and manifest.get("fingerprint") == inp.fingerprint else None
+
+
+def _check_tokens(p: Params, path: str, manifest: dict) -> None:
+    """Enough training tokens for one step, made with the tokenizer the checkpoint will ship."""
+    from llmpipe.text.tokenizer import model_file, model_sha256
+
+    made_with = manifest.get("tokenizer_sha256")  # tokens artifacts before version 2 do not record it
+    if p.tokenizer and made_with and model_file(p.tokenizer).is_file() and model_sha256(p.tokenizer) != made_with:
+        original = manifest.get("params", {}).get("tokenizer", "?")
+        raise ValueError(f"tokenizer: {p.tokenizer} (sha256 {model_sha256(p.tokenizer)[:12]}) is not the tokenizer {path} was made with "
+                         f"({original}, sha256 {made_with[:12]}); give that one")
+    have = manifest.get("splits", {}).get("train", {}).get("tokens", 0)
+    if have > p.batch_tokens:  # a step takes batch_tokens / seq_len samples of seq_len + 1 tokens
+        return
+    per_pass = p.micro_batch * p.seq_len * p.nproc_per_node
+    fits = (have - 1) // per_pass * per_pass
+    hint = (f"lower it to {fits} or less (a multiple of micro_batch x seq_len x nproc_per_node = {per_pass})" if fits > 0 else
+            f"lower micro_batch or seq_len (micro_batch x seq_len x nproc_per_node = {per_pass})")
+    raise ValueError(f"batch_tokens: one step of {p.batch_tokens} tokens needs {p.batch_tokens + 1} training tokens, "
+                     f"but {path} holds {have}; {hint}, or tokenize more text")
+
+
+def _check_device(device: str, built_only: bool = False) -> None:
+    """ValueError unless torch can use `device` here; built_only: only whether this torch was built for it at all.
+
+    A GPU missing on this machine may still be on the node a Slurm job runs on, with the same install,
+    so before the run only a torch built without the device is refused; the task checks the rest.
+    """
+    if device in ("auto", "cpu"):
+        return
+    import torch
+
+    built = torch.backends.cuda.is_built() if device == "cuda" else torch.backends.mps.is_built()
+    here = torch.cuda.is_available() if device == "cuda" else torch.backends.mps.is_available()
+    if not built:
+        raise ValueError(f"device: torch {torch.__version__} is built without {device} support; use cpu (or auto), or install a torch built for {device}")
+    if not here and not built_only:
+        raise ValueError(f"device: torch sees no {device} device on this machine ({os.uname().nodename}); use cpu (or auto)")
 
 
 def token_bytes(tokenizer_path: str, vocab_size: int):
@@ -114,6 +171,7 @@ def train_task(ctx, task: dict) -> dict:
     import torch.nn.functional as F
 
     from llmpipe.artifacts.manifest import read_manifest
+    from llmpipe.errors import InputError
     from llmpipe.model import Model
     from llmpipe.train.data import PackedBatches, split_shards
     from llmpipe.train.dist import init_distributed, shutdown_distributed
@@ -123,6 +181,10 @@ def train_task(ctx, task: dict) -> dict:
     p: Params = ctx.params
     tokens = Path(ctx.inputs[0].path)
     manifest = read_manifest(tokens)
+    try:
+        _check_device(p.device)
+    except ValueError as e:
+        raise InputError(f"{ctx.run['step']} {e}") from None
     dist = init_distributed(p.device)
     try:
         cfg = model_config(p, manifest["vocab_size"], manifest.get("special_tokens", {}))
@@ -190,13 +252,12 @@ def train_task(ctx, task: dict) -> dict:
 
 def write_final(out: Path, model, hf_config: dict, tokenizer: str) -> None:
     """The artifact root: weights, config and tokenizer files, each renamed into place."""
-    from safetensors.torch import save_file
-
+    from llmpipe.artifacts.checkpoint import save_tensors
     from llmpipe.artifacts.layout import atomic_path
 
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     with atomic_path(out / "model.safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        save_tensors(tensors, tmp, metadata={"format": "pt"})
     with atomic_path(out / "config.json") as tmp:
         tmp.write_text(json.dumps(hf_config, indent=1, sort_keys=True))
     if tokenizer:

@@ -58,6 +58,8 @@ class Params:
             raise ValueError("val_documents: give either val_fraction or val_documents, and a count of 0 or more")
         if any(w < 0 or not math.isfinite(w) for w in self.weights):
             raise ValueError(f"weights: expected numbers of 0 or more, got {list(self.weights)}")
+        if self.weights and not any(self.weights):
+            raise ValueError("weights: every weight is 0, which leaves nothing to tokenize; give at least one input a weight above 0")
         if self.shard_tokens < 1 or self.batch_size < 1:
             raise ValueError("shard_tokens: expected at least 1" if self.shard_tokens < 1 else "batch_size: expected at least 1")
 
@@ -67,8 +69,11 @@ def _has_val(p: Params) -> bool:
 
 
 def plan(params: Params, inputs) -> Plan:
+    from llmpipe.text.tokenizer import check_tokenizer
+
     if params.weights and len(params.weights) != len(inputs):
         raise ValueError(f"weights: {len(params.weights)} weights for {len(inputs)} inputs; give one weight per input, in order")
+    check_tokenizer(params.tokenizer)
     tasks = [{"part": f, "source": k} for k, inp in enumerate(inputs) for f in inp.files]
     phases = [("keys", tasks)] if params.val_documents else []
     phases += [("tokenize", tasks), ("pack", [{} for _ in tasks])]
@@ -231,7 +236,7 @@ def _read_range(paths, bounds: np.ndarray, start: int, stop: int, dtype) -> np.n
 def finalize(ctx, stats: dict, records: dict) -> dict:
     from llmpipe.artifacts.tokens import token_dtype
     from llmpipe.stats import merge
-    from llmpipe.text.tokenizer import load_tokenizer
+    from llmpipe.text.tokenizer import load_tokenizer, model_sha256
 
     p: Params = ctx.params
     tok = load_tokenizer(p.tokenizer)
@@ -255,6 +260,7 @@ def finalize(ctx, stats: dict, records: dict) -> dict:
         "counts": {"documents": counts["documents"], "train_tokens": counts["train_tokens"], "val_tokens": counts["val_tokens"],
                    "train_documents": counts["train_documents"], "val_documents": counts["val_documents"]},
         "vocab_size": tok.vocab_size,
+        "tokenizer_sha256": model_sha256(p.tokenizer),  # pretrain refuses another tokenizer with it
         "dtype": np.dtype(token_dtype(tok.vocab_size)).name,
         "special_tokens": {k: tok.special[k] for k in ("bos", "eos", "pad") if k in tok.special},
         "splits": splits,
@@ -265,7 +271,7 @@ def finalize(ctx, stats: dict, records: dict) -> dict:
 
 
 STAGE = Stage(
-    name="tokenize", version=1, params=Params, doc=__doc__, plan=plan,
+    name="tokenize", version=2, params=Params, doc=__doc__, plan=plan,
     run_task={"keys": keys_task, "tokenize": tokenize_task, "pack": pack_task}, finalize=finalize,
     output_kind="tokens", path_params=("tokenizer",),
 )

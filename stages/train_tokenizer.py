@@ -1,9 +1,9 @@
 """Train a sentencepiece tokenizer (BPE or unigram) on documents, with the special tokens llmpipe uses.
 
 Two phases: `sample` (one task per input part: a seeded 64-bit key per document) and `train`
-(one task). Documents are taken in key order: the first `holdout_documents` are held out to
-measure bytes per token, the following ones form the training sample until `max_chars` or
-`max_sentences` is reached. Sentences are the lines of those documents. The sample depends only
+(one task). Documents are taken in key order: the first `holdout_documents` (at most a tenth of
+the corpus, so that a small corpus still trains) are held out to measure bytes per token, the
+following ones form the training sample until `max_chars` or `max_sentences` is reached. Sentences are the lines of those documents. The sample depends only
 on the seed and the document ids, so the model is the same however the input is split into
 parts. sentencepiece's result also depends on its thread count, hence `threads` is a fixed
 param rather than the machine's core count.
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 from dataclasses import dataclass, field
 from typing import Iterator, Literal
 
@@ -34,6 +35,7 @@ from llmpipe.registry import Plan, Stage
 from llmpipe.text.tokenizer import HF_FILES, MODEL_FILE, SPECIAL_FILE, SPECIAL_TOKENS
 
 FILES = [MODEL_FILE, SPECIAL_FILE, *HF_FILES]
+HOLDOUT_SHARE = 0.1  # held-out documents are at most this share of the corpus
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class Params:
     max_chars: int = field(default=1_000_000_000, metadata={"help": "Cap on characters of the training sample; 0 for no cap."})
     max_sentences: int = field(default=5_000_000, metadata={"help": "Cap on lines of the training sample; 0 for no cap."})
     max_sentence_bytes: int = field(default=4192, metadata={"help": "Longer lines are cut at a space below this size (sentencepiece skips longer ones)."})
-    holdout_documents: int = field(default=1000, metadata={"help": "Documents kept out of training to measure bytes per token."})
+    holdout_documents: int = field(default=1000, metadata={"help": "Documents kept out of training to measure bytes per token (at most a tenth of the corpus)."})
     seed: int = field(default=0, metadata={"help": "Seed of the document sample."})
     threads: int = field(default=4, metadata={"help": "sentencepiece training threads; the model depends on it, so it is fixed, not the core count."})
 
@@ -87,19 +89,28 @@ def sample_task(ctx, task: dict) -> dict:
 
 def _choose(ctx) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
     """Per part, masks of held-out and training documents, taken in key order up to the caps."""
+    from llmpipe.errors import InputError
+    from llmpipe.log import log
+
     p: Params = ctx.params
     n_parts = len(ctx.run["phases"][0]["tasks"])
     arrays = [np.load(ctx.work_dir("sample") / f"{i:05d}.npy") for i in range(n_parts)]
     table = np.concatenate(arrays) if arrays else np.zeros((0, 3), np.uint64)
+    if not len(table):
+        raise InputError(f"{ctx.run['step']}: the inputs hold no documents, so there is nothing to train a tokenizer on; "
+                         "check the steps before (did filter or dedup remove everything?)")
     order = np.argsort(table[:, 0], kind="stable")
-    holdout, rest = order[:p.holdout_documents], order[p.holdout_documents:]
+    n_holdout = min(p.holdout_documents, int(len(table) * HOLDOUT_SHARE))
+    if n_holdout < p.holdout_documents:
+        log(f"holding out {n_holdout} of {len(table)} documents (a tenth) rather than holdout_documents = {p.holdout_documents}")
+    holdout, rest = order[:n_holdout], order[n_holdout:]
     chars, lines = np.cumsum(table[rest, 1]), np.cumsum(table[rest, 2])
     within = np.ones(len(rest), dtype=bool)
     if p.max_chars:
         within &= chars <= p.max_chars
     if p.max_sentences:
         within &= lines <= p.max_sentences
-    n_train = max(1, int(within.sum())) if len(rest) else 0  # always at least one document
+    n_train = max(1, int(within.sum()))  # always at least one document (the cap on held-out ones leaves some)
     masks = {"holdout": np.zeros(len(table), bool), "train": np.zeros(len(table), bool)}
     masks["holdout"][holdout] = True
     masks["train"][rest[:n_train]] = True
@@ -128,7 +139,6 @@ def train_task(ctx, task: dict) -> dict:
 
     from llmpipe.artifacts.documents import iter_batches
     from llmpipe.artifacts.layout import atomic_path, write_json_atomic
-    from llmpipe.errors import InputError
     from llmpipe.text.tokenizer import CHAT_ROLES, load_tokenizer, special_token_ids, write_hf_files
 
     p: Params = ctx.params
@@ -160,10 +170,10 @@ def train_task(ctx, task: dict) -> dict:
             unk_id=0, bos_id=1, eos_id=2, pad_id=3, control_symbols=[SPECIAL_TOKENS[r] for r in CHAT_ROLES],
         )
     except RuntimeError as e:
-        if "Vocabulary size too high" in str(e):
-            most = str(e).rsplit("<=", 1)[-1].strip(" .")
-            raise InputError(f"train_tokenizer vocab_size: {p.vocab_size} is more than this sample can fill (sentencepiece makes at most {most}); lower vocab_size or give more text") from None
-        raise
+        error = _user_error(str(e), p, ctx.run["step"], counts["sample_sentences"], sample["sample_documents"])
+        if error is None:
+            raise
+        raise error from None
     with atomic_path(ctx.out / MODEL_FILE) as tmp:
         tmp.write_bytes(model.getvalue())
     ids = special_token_ids()
@@ -173,6 +183,23 @@ def train_task(ctx, task: dict) -> dict:
     if [tok.sp.id_to_piece(i) for i in range(len(ids))] != list(SPECIAL_TOKENS.values()):
         raise RuntimeError("sentencepiece placed the special tokens at other ids than llmpipe.text.tokenizer defines")
     return {"counts": {**sample, **counts}, "metrics": evaluate(tok, holdout_texts)}
+
+
+def _user_error(message: str, p: Params, step: str, sentences: int, documents: int):
+    """sentencepiece's error as one line with what would work, when it is about the params or the text; else None."""
+    from llmpipe.errors import InputError
+
+    if "Vocabulary size too high" in message:
+        most = message.rsplit("<=", 1)[-1].strip(" .")
+        return InputError(f"{step} vocab_size: {p.vocab_size} is more than this sample can fill (sentencepiece makes at most {most}); lower vocab_size or give more text")
+    if "smaller than required_chars" in message:  # "... 300 vs 351.": special and byte tokens plus the characters to cover
+        need = int(re.search(r"(\d+) vs (\d+)", message).group(2))
+        return InputError(f"{step} vocab_size: {p.vocab_size} is too small for this text; sentencepiece needs at least {need} "
+                          f"(special and byte tokens, and the characters that make up character_coverage = {p.character_coverage}); "
+                          "raise vocab_size or lower character_coverage")
+    if sentences == 0:
+        return InputError(f"{step}: the training sample is empty: its {documents} documents hold no text but whitespace")
+    return None
 
 
 def evaluate(tok, texts: list[str]) -> dict:
@@ -212,6 +239,6 @@ def finalize(ctx, stats: dict, records: dict) -> dict:
 
 
 STAGE = Stage(
-    name="train_tokenizer", version=1, params=Params, doc=__doc__, plan=plan,
+    name="train_tokenizer", version=2, params=Params, doc=__doc__, plan=plan,
     run_task={"sample": sample_task, "train": train_task}, finalize=finalize, output_kind="tokenizer",
 )

@@ -9,21 +9,27 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from llmpipe.artifacts.layout import atomic_path
+from llmpipe.artifacts.layout import atomic_path, give_default_mode
+
+
+def save_tensors(tensors: dict, path: Path, metadata: dict | None = None) -> None:
+    """safetensors.torch.save_file with the file mode of every other output."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+    give_default_mode(path)
 
 
 def save_checkpoint(path: Path, tensors: dict, config: dict, state: dict | None = None, state_tensors: dict | None = None) -> None:
-    from safetensors.torch import save_file
-
     with atomic_path(Path(path)) as tmp:
         tmp.mkdir(parents=True)
         # safetensors refuses shared storage (tied embeddings): store independent copies.
-        save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_tensors({k: v.detach().contiguous().clone() for k, v in tensors.items()}, tmp / "model.safetensors", metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
         if state is not None:
             (tmp / "training_state.json").write_text(json.dumps(state, indent=1, sort_keys=True))
         if state_tensors:
-            save_file({k: v.detach().contiguous() for k, v in state_tensors.items()}, str(tmp / "training_state.safetensors"))
+            save_tensors({k: v.detach().contiguous() for k, v in state_tensors.items()}, tmp / "training_state.safetensors")
 
 
 def load_checkpoint(path: Path, device: str = "cpu") -> tuple[dict, dict, dict | None, dict | None]:

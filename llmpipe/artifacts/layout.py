@@ -50,6 +50,13 @@ def atomic_path(final: Path) -> Iterator[Path]:
                 tmp.unlink()
 
 
+def give_default_mode(path: Path) -> None:
+    """The mode a plain open() would give (0644 under umask 022): safetensors writes its files 0600."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def write_json_atomic(path: Path, obj) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:

@@ -86,6 +86,43 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     return Tokenizer(path)
 
 
+def model_file(path: str | Path) -> Path:
+    """The sentencepiece model of a tokenizer artifact (or checkpoint) directory, or the .model file itself."""
+    path = Path(path)
+    return path / MODEL_FILE if path.is_dir() else path
+
+
+def model_sha256(path: str | Path) -> str:
+    """The tokenizer's fingerprint: sha256 of its tokenizer.model bytes (the same wherever it is copied)."""
+    import hashlib
+
+    return hashlib.sha256(model_file(path).read_bytes()).hexdigest()
+
+
+def check_tokenizer(path: str | Path) -> None:
+    """ValueError("tokenizer: ...") unless `path` holds a sentencepiece model; checked before a stage writes.
+
+    A path that does not exist yet, or an artifact still being made, is an earlier pipeline step's
+    output: it is checked when that step has run (a missing path given by hand is refused earlier).
+    """
+    from llmpipe.artifacts.layout import MANIFEST, RUN
+
+    path = Path(path)
+    if not path.exists() or ((path / RUN).exists() and not (path / MANIFEST).exists()):
+        return
+    hint = "give the output of train-tokenizer (or a sentencepiece .model file)"
+    if path.is_dir() and not (path / MODEL_FILE).is_file():
+        kind = json.loads((path / MANIFEST).read_text()).get("output_kind") if (path / MANIFEST).is_file() else None
+        what = f"a {kind} artifact, not a tokenizer" if kind else f"a directory without {MODEL_FILE}"
+        raise ValueError(f"tokenizer: {path} is {what}; {hint}")
+    import sentencepiece as spm
+
+    try:
+        spm.SentencePieceProcessor(model_file=str(model_file(path)))
+    except (RuntimeError, OSError):
+        raise ValueError(f"tokenizer: {model_file(path)} is not a sentencepiece model; {hint}") from None
+
+
 def vocab_size_of(path: str | Path) -> int:
     """The vocabulary size, from a train-tokenizer artifact's manifest when there is one (no model load)."""
     manifest = Path(path) / "_manifest.json"

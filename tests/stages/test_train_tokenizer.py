@@ -58,7 +58,8 @@ def test_artifact_holds_model_special_tokens_and_metrics(bpe):
         "unk": 0, "bos": 1, "eos": 2, "pad": 3, "system": 4, "user": 5, "assistant": 6, "end": 7}
     assert special["user"]["token"] == "<|user|>" and special["bos"]["token"] == "<s>"
     assert m["vocab_size"] == 3000
-    assert m["counts"]["holdout_documents"] == 150 and m["counts"]["sample_documents"] + 150 == m["counts"]["documents"]
+    held = min(150, m["counts"]["documents"] // 10)  # holdout_documents, at most a tenth of the corpus
+    assert held > 100 and m["counts"]["holdout_documents"] == held and m["counts"]["sample_documents"] + held == m["counts"]["documents"]
     metrics = m["metrics"]
     assert 2.5 < metrics["bytes_per_token"] < 5, metrics  # English at a 3k vocabulary
     assert metrics["round_trip_mismatches"] == 0 and metrics["hf_mismatches"] == 0
