@@ -21,6 +21,7 @@ from typing import Any
 from llmpipe.api import build_step
 from llmpipe.config import coerce, load_toml, parse_cli_value, type_name, _MISMATCH
 from llmpipe.errors import ConfigError, InputError, did_you_mean
+from llmpipe.fingerprint import planned_fingerprint
 from llmpipe.inputs import Input, artifact_input, planned_input, resolve_input
 from llmpipe.step import Step
 
@@ -169,12 +170,16 @@ def select_steps(pipe: Pipeline, only: list[str] = (), start: str | None = None,
     return names[lo:hi]
 
 
+def _upstream_input(up: Step) -> Input:
+    """An earlier step's artifact: by its content once made and fresh, else provisional until it runs."""
+    if (up.out / "_manifest.json").exists() and _manifest_fp(up.out) == up.fingerprint:
+        return artifact_input(up.out)
+    return planned_input(up.out, up.plan().files, planned_fingerprint(up.fingerprint), up.stage.output_kind)
+
+
 def _resolve_step_input(pipe: Pipeline, spec: StepSpec, ref: str, built: dict[str, Step]) -> Input:
     if ref in built:
-        up = built[ref]
-        if (up.out / "_manifest.json").exists() and _manifest_fp(up.out) == up.fingerprint:
-            return artifact_input(up.out)
-        return planned_input(up.out, up.plan().files, up.fingerprint, up.stage.output_kind)
+        return _upstream_input(built[ref])
     looks_like_name = not any(c in ref for c in "/.*?[") and not ref.startswith("embedded:")
     if looks_like_name and not Path(ref).exists():
         hint = did_you_mean(ref, pipe.steps)
@@ -203,8 +208,8 @@ def build_steps(pipe: Pipeline) -> dict[str, Step]:
                 raise ConfigError(f'{spec.where}: no stage = "..." is set and "{spec.stage_ref}" is not a stage{did_you_mean(spec.stage_ref, builtin_stages())}')
         params, step_params = dict(spec.params), {}
         for key, ref in _param_step_refs(pipe, spec).items():
-            params[key] = str(built[ref].out)  # the stage reads the path; the fingerprint is the step's
-            step_params[key] = built[ref].fingerprint
+            params[key] = str(built[ref].out)  # the stage reads the path; the fingerprint is what it holds
+            step_params[key] = _upstream_input(built[ref]).fingerprint
         built[name] = build_step(
             name, spec.stage_ref, inputs, pipe.workdir / name, params, spec.where, origins=spec.origins,
             output_where=f"{pipe.path} [pipeline] workdir", step_params=step_params,
@@ -217,6 +222,8 @@ def refresh_inputs(pipe: Pipeline, built: dict[str, Step], name: str) -> Step:
     spec = pipe.steps[name]
     step = built[name]
     step.inputs = [_resolve_step_input(pipe, spec, ref, built) for ref in spec.inputs]
+    for key, ref in _param_step_refs(pipe, spec).items():
+        step.param_fingerprints[key] = _upstream_input(built[ref]).fingerprint
     return step
 
 
