@@ -191,6 +191,9 @@ def check_output_is_ours(out: Path, where: str) -> None:
     """Never delete a user's directory: only llmpipe artifacts are replaced."""
     if out.exists() and not out.is_dir():
         raise InputError(f"{where}: output {out} exists and is a file")
+    blocker = next((p for p in out.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise InputError(f"{where}: output {out} cannot be made: {blocker} is a file")
     if out.is_dir() and any(out.iterdir()) and not ((out / RUN).exists() or (out / MANIFEST).exists()):
         raise InputError(f"{where}: output {out} exists and is not an llmpipe artifact; choose another path or remove it")
 
