@@ -14,7 +14,7 @@ import click
 
 from llmpipe.errors import DataError, UserError
 
-_DEBUG = "--debug" in sys.argv
+_DEBUG = "--debug" in sys.argv[: sys.argv.index("--") if "--" in sys.argv else len(sys.argv)]
 
 
 def option_name(field_name: str) -> str:
@@ -86,8 +86,18 @@ def _print_counts(manifest: dict) -> None:
         click.echo(" ".join(f"{k}={v}" for k, v in counts.items()))
 
 
+class Interrupted(Exception):
+    """Ctrl-C inside a command; raised past click, which would print a blank line of its own."""
+
+
 class LlmpipeGroup(click.Group):
     """Fixed commands plus one lazily built command per stage."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise Interrupted() from None
 
     def list_commands(self, ctx):
         from llmpipe.registry import builtin_stages
@@ -217,9 +227,27 @@ def list_stages():
         click.echo(f"{name.replace('_', '-'):<18} {get_stage(name).summary}")
 
 
+def _without_debug(args: list[str]) -> list[str]:
+    """--debug is accepted anywhere before a "--" (it is read from sys.argv at import), not only before the subcommand."""
+    end = args.index("--") if "--" in args else len(args)
+    return [a for a in args[:end] if a != "--debug"] + args[end:]
+
+
+def _interrupted() -> None:
+    """Ctrl-C: one line, exit 130. Tasks are recorded when done and outputs renamed into place only
+    when complete, so the same command picks up where this one stopped."""
+    import shlex
+
+    command = shlex.join(["llmpipe", *_without_debug(sys.argv[1:])])
+    if sys.stderr.isatty():
+        click.echo(err=True)  # past the terminal's ^C
+    click.echo(f"interrupted: finished tasks are kept; resume with: {command}", err=True)
+    sys.exit(130)
+
+
 def main() -> None:
     try:
-        cli.main(prog_name="llmpipe", standalone_mode=False)
+        cli.main(args=_without_debug(sys.argv[1:]), prog_name="llmpipe", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.UsageError as e:  # one line like every other user mistake
@@ -229,16 +257,13 @@ def main() -> None:
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
-        sys.exit(130)
+    except (Interrupted, click.exceptions.Abort, KeyboardInterrupt):  # Abort: click's word for a Ctrl-C while parsing
+        _interrupted()
     except (UserError, DataError) as e:
         if _DEBUG:
             raise
         click.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        click.echo("interrupted; finished tasks are kept, re-run to resume", err=True)
-        sys.exit(130)
     except Exception as e:  # a bug or a failed task: one line, and the traceback with --debug
         if _DEBUG:
             raise

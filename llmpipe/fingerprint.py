@@ -1,7 +1,25 @@
-"""Content fingerprints: a step is fresh when stage, version, params and inputs are unchanged.
+"""Fingerprints: a step is fresh when its stage, version, params and the CONTENT of its inputs are unchanged.
 
-Artifacts contribute their manifest's fingerprint (not their bytes); raw files contribute
-path, size and modification time, which is what make-style tools trust too.
+A fingerprint names what a step reads, never where it sits, so a moved checkout or a copied
+workdir (`cp -a runs/p runs/q`) is fresh in its new place. Each input contributes:
+
+- an artifact: its manifest's `content_hash`, a hash of the names and bytes of its data files
+  taken once at finalize. A step that re-ran and wrote the same bytes (dedup at threshold 0.7
+  removing nothing more than at 0.8) therefore leaves its dependents fresh: early cutoff, as
+  content-addressed build systems do. Manifests older than content hashes contribute their
+  fingerprint instead.
+- an artifact an earlier step of the pipeline has yet to make: a provisional `planned:<that
+  step's fingerprint>`. The runner re-resolves it from the real manifest once the step has run
+  (pipeline.refresh_inputs), and finalize settles whatever is still provisional (a Slurm job is
+  submitted before its upstream ran), so a manifest always records content fingerprints.
+- raw files: their path relative to the files' common directory, size and mtime. Stat only,
+  what make trusts: hashing a terabyte of crawl on every `llmpipe status` would cost minutes.
+  Relative, so a copied input tree keeps its fingerprint when the copy keeps mtimes (`cp -a`,
+  rsync -a); a copy that resets them counts as changed, which errs on the safe side.
+- an embedded source: its name and the Python version it comes from.
+- a path param (tokenizer = "tokenizer", --reference evals.jsonl): what it names, by the same
+  rules. The absolute path stays in `_run.json`, where the stage reads it, but leaves the
+  fingerprint's params.
 """
 
 from __future__ import annotations
@@ -13,15 +31,35 @@ from pathlib import Path
 
 from llmpipe.config import canonical_json
 
+PLANNED = "planned:"  # prefix of a provisional fingerprint: an input whose step has not run yet
+HASH_BLOCK = 1 << 20
+
 
 def fingerprint(stage: str, version: int, params: dict, input_fingerprints: list[str]) -> str:
     payload = canonical_json({"stage": stage, "version": version, "params": params, "inputs": input_fingerprints})
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
-def file_fingerprint(path: str) -> str:
+def step_fingerprint(stage: str, version: int, params: dict, input_fingerprints: list[str], param_fingerprints: dict[str, str]) -> str:
+    """A step's fingerprint: path params enter by what they name (param_fingerprints), not by their path."""
+    location_free = {k: v for k, v in params.items() if k not in param_fingerprints}
+    extra = [f"{k}={v}" for k, v in sorted(param_fingerprints.items())]
+    return fingerprint(stage, version, location_free, list(input_fingerprints) + extra)
+
+
+def planned_fingerprint(step_fp: str) -> str:
+    return PLANNED + step_fp
+
+
+def is_planned(fp: str) -> bool:
+    return fp.startswith(PLANNED)
+
+
+def file_fingerprint(path: str, root: str | None = None) -> str:
+    """Name relative to root (the file's directory by default), size and mtime."""
     st = os.stat(path)
-    return hashlib.sha256(f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:24]
+    name = os.path.relpath(os.path.abspath(path), os.path.abspath(root or os.path.dirname(os.path.abspath(path))))
+    return hashlib.sha256(f"{name}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:24]
 
 
 def embedded_fingerprint(name: str) -> str:
@@ -30,10 +68,30 @@ def embedded_fingerprint(name: str) -> str:
 
 
 def files_fingerprint(paths: list[str]) -> str:
+    """Raw files, named relative to their common directory so the tree can move."""
+    if not paths:
+        return hashlib.sha256(b"").hexdigest()[:24]
+    root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
     h = hashlib.sha256()
     for p in paths:
-        h.update(file_fingerprint(p).encode())
+        h.update(file_fingerprint(p, root).encode())
     return h.hexdigest()[:24]
+
+
+def content_hash(root: Path, names: list[str]) -> str:
+    """blake2b over the names and bytes of an artifact's data files (directories walked in name order)."""
+    root = Path(root)
+    h = hashlib.blake2b(digest_size=16)
+    for name in names:
+        path = root / name
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for f in files:
+            rel = f.relative_to(root).as_posix()
+            h.update(f"{rel}\0{f.stat().st_size}\0".encode())
+            with open(f, "rb") as fh:
+                while block := fh.read(HASH_BLOCK):
+                    h.update(block)
+    return h.hexdigest()
 
 
 def dir_is_inside(child: Path, parent: Path) -> bool:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from llmpipe.artifacts.layout import MANIFEST, RUN
-from llmpipe.artifacts.manifest import read_manifest
+from llmpipe.artifacts.manifest import content_fingerprint, read_manifest
 from llmpipe.errors import InputError, did_you_mean
 from llmpipe.fingerprint import embedded_fingerprint, files_fingerprint
 
@@ -50,7 +50,7 @@ class Input:
 def artifact_input(path: Path) -> Input:
     manifest = read_manifest(path)
     files = tuple(str((Path(path) / f).resolve()) for f in manifest.get("files", []))
-    return Input("artifact", str(Path(path).resolve()), files, manifest["fingerprint"], manifest.get("output_kind"))
+    return Input("artifact", str(Path(path).resolve()), files, content_fingerprint(manifest), manifest.get("output_kind"))
 
 
 def planned_input(path: Path, files: list[str], fp: str, output_kind: str) -> Input:

@@ -8,10 +8,13 @@ from pathlib import Path
 from rich.markup import escape
 
 from llmpipe.artifacts.manifest import read_manifest
+from llmpipe.errors import InputError
 from llmpipe.log import stdout as console
 
 
 def inspect_artifact(path: Path, rows: int = 3) -> None:
+    if not Path(path).exists():
+        raise InputError(f"{path}: no such file or directory; inspect takes an artifact directory, such as runs/pretrain/dedup")
     m = read_manifest(path)
     console.print(f"[bold]{path}[/]  stage={m['stage']} v{m['version']}  fingerprint={m['fingerprint']}  kind={m.get('output_kind')}")
     console.print(f"params: {json.dumps(m.get('params', {}), sort_keys=True)}")
@@ -27,6 +30,20 @@ def inspect_artifact(path: Path, rows: int = 3) -> None:
     console.print(f"files:  {len(m.get('files', []))}  wall={m.get('timings', {}).get('wall_seconds')}s")
     if m.get("output_kind") == "documents" and m.get("files") and rows > 0:
         _show_documents(Path(path), m["files"], rows)
+    if m.get("output_kind") == "checkpoint":
+        _show_checkpoint(m)
+
+
+def _show_checkpoint(m: dict) -> None:
+    """What the model learned: validation bits per byte and the samples written at the end of training."""
+    metrics = m.get("metrics", {})
+    if "val_bpb" in metrics:
+        loss = f"  (val loss {metrics['val_loss']:.4f})" if "val_loss" in metrics else ""
+        console.print(f"val bits per byte: {metrics['val_bpb']:.4f}{loss}")
+    else:
+        console.print("val bits per byte: not measured (the tokens have no validation split; see tokenize --val-fraction)")
+    for name, text in m.get("samples", {}).items():
+        console.print(f"sample ({name}): {escape(repr(text))}")
 
 
 def _show_documents(path: Path, files: list[str], rows: int) -> None:

@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from typing import Any
 from llmpipe.api import build_step
 from llmpipe.config import coerce, load_toml, parse_cli_value, type_name, _MISMATCH
 from llmpipe.errors import ConfigError, InputError, did_you_mean
+from llmpipe.fingerprint import planned_fingerprint
 from llmpipe.inputs import Input, artifact_input, planned_input, resolve_input
 from llmpipe.step import Step
 
@@ -86,6 +89,7 @@ def load_pipeline(path: str | Path, overrides: list[str] = ()) -> Pipeline:
     if not steps:
         raise ConfigError(f"{path}: no steps; add a [steps.NAME] table per step")
     for step_name, table in steps.items():
+        _check_step_name(path, step_name)
         where = f"{path} [steps.{step_name}]"
         if not isinstance(table, dict):
             raise ConfigError(f"{where}: expected a table of settings")
@@ -104,6 +108,28 @@ def load_pipeline(path: str | Path, overrides: list[str] = ()) -> Pipeline:
     return pipe
 
 
+STEP_NAME = re.compile(r"\w[\w-]*")  # letters (any script), digits, _ and -; never a path
+
+
+def _check_step_name(path: Path, name: str) -> None:
+    """A step writes <workdir>/<name>: "../x" would write outside the workdir and "./b" over step b."""
+    if STEP_NAME.fullmatch(name):
+        return
+    suggestion = re.sub(r"[^\w-]+", "_", name).strip("_-")
+    example = f" (for example [steps.{suggestion}])" if STEP_NAME.fullmatch(suggestion) else ""
+    raise ConfigError(f"{path} [steps.{json.dumps(name, ensure_ascii=False)}]: a step name is a name, not a path; "
+                      f"use letters, digits, - and _{example}")
+
+
+def unknown_step(pipe: Pipeline, name: str) -> str:
+    """'no step "x" in FILE; its steps are: ...' with the step that runs stage x, or the closest name."""
+    message = f'no step "{name}" in {pipe.path}; its steps are: {", ".join(pipe.steps)}'
+    runs_it = [s for s in pipe.steps.values() if s.stage_ref.replace("-", "_") == name.replace("-", "_")]
+    if runs_it:
+        return message + " (" + ", ".join(f'step "{s.name}" runs stage "{s.stage_ref}"' for s in runs_it) + ")"
+    return message + did_you_mean(name, pipe.steps)
+
+
 def _apply_overrides(pipe: Pipeline, overrides: list[str]) -> None:
     for item in overrides:
         target, eq, value = item.partition("=")
@@ -111,7 +137,7 @@ def _apply_overrides(pipe: Pipeline, overrides: list[str]) -> None:
         if not eq or not dot or not key:
             raise ConfigError(f'--set {item}: expected STEP.KEY=VALUE, for example dedup.normalize=false')
         if step_name not in pipe.steps:
-            raise ConfigError(f'--set {item}: no step "{step_name}" in {pipe.path}{did_you_mean(step_name, pipe.steps)}')
+            raise ConfigError(f"--set {item}: {unknown_step(pipe, step_name)}")
         spec = pipe.steps[step_name]
         if key == "inputs":
             spec.inputs = [str(v) for v in (parse_cli_value(value) if value.startswith("[") else [value])]
@@ -159,9 +185,9 @@ def _topological_order(pipe: Pipeline) -> list[str]:
 
 def select_steps(pipe: Pipeline, only: list[str] = (), start: str | None = None, until: str | None = None) -> list[str]:
     names = list(pipe.steps)
-    for n in [*only, start, until]:
+    for flag, n in [*(("--only", n) for n in only), ("--from", start), ("--until", until)]:
         if n is not None and n not in pipe.steps:
-            raise ConfigError(f'{pipe.path}: no step "{n}"{did_you_mean(n, names)}')
+            raise ConfigError(f"{flag} {n}: {unknown_step(pipe, n)}")
     if only:
         return [n for n in names if n in only]
     lo = names.index(start) if start else 0
@@ -169,12 +195,16 @@ def select_steps(pipe: Pipeline, only: list[str] = (), start: str | None = None,
     return names[lo:hi]
 
 
+def _upstream_input(up: Step) -> Input:
+    """An earlier step's artifact: by its content once made and fresh, else provisional until it runs."""
+    if (up.out / "_manifest.json").exists() and _manifest_fp(up.out) == up.fingerprint:
+        return artifact_input(up.out)
+    return planned_input(up.out, up.plan().files, planned_fingerprint(up.fingerprint), up.stage.output_kind)
+
+
 def _resolve_step_input(pipe: Pipeline, spec: StepSpec, ref: str, built: dict[str, Step]) -> Input:
     if ref in built:
-        up = built[ref]
-        if (up.out / "_manifest.json").exists() and _manifest_fp(up.out) == up.fingerprint:
-            return artifact_input(up.out)
-        return planned_input(up.out, up.plan().files, up.fingerprint, up.stage.output_kind)
+        return _upstream_input(built[ref])
     looks_like_name = not any(c in ref for c in "/.*?[") and not ref.startswith("embedded:")
     if looks_like_name and not Path(ref).exists():
         hint = did_you_mean(ref, pipe.steps)
@@ -191,8 +221,19 @@ def _manifest_fp(out: Path) -> str | None:
         return None
 
 
+def _check_workdir(pipe: Pipeline) -> None:
+    """The workdir, or the first of its parents that exists, must be a directory."""
+    for p in [pipe.workdir, *pipe.workdir.parents]:
+        if p.exists():
+            if not p.is_dir():
+                what = "exists and is a file" if p == pipe.workdir else f"cannot be made: {p} is a file"
+                raise InputError(f"{pipe.path} [pipeline] workdir: {pipe.workdir} {what}; set workdir to a directory path")
+            return
+
+
 def build_steps(pipe: Pipeline) -> dict[str, Step]:
     """Resolve every step's stage, params and inputs; all user errors surface here, before any write."""
+    _check_workdir(pipe)
     built: dict[str, Step] = {}
     for name, spec in pipe.steps.items():
         inputs = [_resolve_step_input(pipe, spec, ref, built) for ref in spec.inputs]
@@ -203,8 +244,8 @@ def build_steps(pipe: Pipeline) -> dict[str, Step]:
                 raise ConfigError(f'{spec.where}: no stage = "..." is set and "{spec.stage_ref}" is not a stage{did_you_mean(spec.stage_ref, builtin_stages())}')
         params, step_params = dict(spec.params), {}
         for key, ref in _param_step_refs(pipe, spec).items():
-            params[key] = str(built[ref].out)  # the stage reads the path; the fingerprint is the step's
-            step_params[key] = built[ref].fingerprint
+            params[key] = str(built[ref].out)  # the stage reads the path; the fingerprint is what it holds
+            step_params[key] = _upstream_input(built[ref]).fingerprint
         built[name] = build_step(
             name, spec.stage_ref, inputs, pipe.workdir / name, params, spec.where, origins=spec.origins,
             output_where=f"{pipe.path} [pipeline] workdir", step_params=step_params,
@@ -217,6 +258,8 @@ def refresh_inputs(pipe: Pipeline, built: dict[str, Step], name: str) -> Step:
     spec = pipe.steps[name]
     step = built[name]
     step.inputs = [_resolve_step_input(pipe, spec, ref, built) for ref in spec.inputs]
+    for key, ref in _param_step_refs(pipe, spec).items():
+        step.param_fingerprints[key] = _upstream_input(built[ref]).fingerprint
     return step
 
 

@@ -2,44 +2,53 @@
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from llmpipe import api, step as step_mod
+from llmpipe.artifacts.layout import MANIFEST, read_json
 from llmpipe.log import log, stdout
 from llmpipe.pipeline import Pipeline, build_steps, check_upstream_ready, refresh_inputs, select_steps, step_refs
+
+MAY_RERUN = "may re-run"  # upstream will run; whether this step must follow depends on what it makes
 
 
 @dataclass
 class StepReport:
     name: str
-    state: str  # fresh | stale | incomplete | missing
+    state: str  # fresh | stale | incomplete | missing | may re-run
     why: str
     action: str  # ran | skipped | would run | submitted
+    out: Path | None = None
+    seconds: float | None = None
 
 
 def plan_status(pipe: Pipeline, selected: list[str] | None = None) -> list[StepReport]:
     built = build_steps(pipe)
-    reports = []
+    reports: dict[str, StepReport] = {}
     for name, st in built.items():
         if selected is not None and name not in selected:
             continue
         state, why = step_mod.state(st)
-        reports.append(StepReport(name, state, why, "skipped" if state == "fresh" else "would run"))
-    return _cascade(pipe, reports)
+        ups = [u for u in step_refs(pipe, pipe.steps[name]) if u in reports and reports[u].action != "skipped"]
+        if ups and state != "fresh" and step_mod.fresh_if_upstream_unchanged(st):
+            # Early cutoff: only the upstream's output can tell; do not call the step stale before that.
+            state, why = MAY_RERUN, _upstream_will_run(ups, reports) + "; skipped if its inputs come out unchanged"
+        elif ups and why == "inputs changed":
+            why = _upstream_will_run(ups, reports)
+        reports[name] = StepReport(name, state, why, "skipped" if state == "fresh" else "would run", st.out)
+    return list(reports.values())
 
 
-def _cascade(pipe: Pipeline, reports: list[StepReport]) -> list[StepReport]:
-    """A step downstream of one that will run is stale too (its input fingerprint changes or is unknown)."""
-    by_name = {r.name: r for r in reports}
-    for r in reports:
-        ups = [i for i in step_refs(pipe, pipe.steps[r.name]) if i in by_name and by_name[i].action != "skipped"]
-        if ups and r.action == "skipped":
-            r.state, r.why, r.action = "stale", f"upstream {ups[0]} will run", "would run"
-    return reports
+def _upstream_will_run(ups: list[str], reports: dict[str, StepReport]) -> str:
+    certain = [u for u in ups if reports[u].state != MAY_RERUN]
+    return f"upstream {' and '.join(certain)} will run" if certain else f"upstream {' and '.join(ups)} may re-run"
 
 
 def print_status(reports: list[StepReport]) -> None:
-    colors = {"fresh": "green", "stale": "yellow", "incomplete": "yellow", "missing": "red"}
+    colors = {"fresh": "green", "stale": "yellow", "incomplete": "yellow", MAY_RERUN: "yellow", "missing": "red"}
     for r in reports:
         why = f" ({r.why})" if r.why else ""
         stdout.print(f"  [{colors[r.state]}]{r.state:<10}[/] {r.name}{why}", highlight=False)
@@ -68,16 +77,69 @@ def run_pipeline(
     if executor == "slurm":
         from llmpipe.executors.slurm import submit_pipeline
 
-        return submit_pipeline(pipe, built, selected, force=force)
+        reports = submit_pipeline(pipe, built, selected, force=force)
+        print_summary(pipe, reports)
+        return reports
     reports = []
+    ran: set[str] = set()
     for name in selected:
-        st = refresh_inputs(pipe, built, name)
+        waited = built[name].waits_on_upstream
+        st = refresh_inputs(pipe, built, name)  # upstream steps that ran now have real manifests
         state, why = step_mod.state(st)
         if state == "fresh" and not force:
-            log(f"[bold]{name}[/]: fresh, skipped")
-            reports.append(StepReport(name, state, why, "skipped"))
+            ups = [u for u in step_refs(pipe, pipe.steps[name]) if u in ran]
+            note = f" ({', '.join(ups)} came out unchanged)" if waited and ups else ""
+            log(f"[bold]{name}[/]: fresh, skipped{note}")
+            reports.append(StepReport(name, state, why, "skipped", st.out))
             continue
         log(f"[bold]{name}[/]: {state}{f' ({why})' if why else ''}, running {st.stage.name}")
+        t0 = time.time()
         api.execute(st, workers=workers, force=force)
-        reports.append(StepReport(name, state, why, "ran"))
+        ran.add(name)
+        reports.append(StepReport(name, state, why, "ran", st.out, time.time() - t0))
+    print_summary(pipe, reports)
     return reports
+
+
+# --- the closing summary ------------------------------------------------------------------------
+
+
+def headline(manifest: dict) -> str:
+    """The one figure a user looks for first in an artifact: documents kept, tokens, val bits per byte."""
+    counts, metrics = manifest.get("counts", {}), manifest.get("metrics", {})
+    if "val_bpb" in metrics:
+        return f"val bits per byte {metrics['val_bpb']:.3f}"
+    if manifest.get("output_kind") == "tokens" and "train_tokens" in counts:
+        return f"tokens {counts['train_tokens']:,} train, {counts.get('val_tokens', 0):,} val"
+    if manifest.get("output_kind") == "tokenizer" and "vocab_size" in manifest.get("params", {}):
+        return f"vocabulary {manifest['params']['vocab_size']:,}"
+    if "documents" in counts:
+        if "removed" in counts:
+            return f"documents {counts['documents'] + counts['removed']:,} -> {counts['documents']:,}"
+        return f"documents {counts['documents']:,}"
+    return ""
+
+
+def _shown_path(path: Path) -> str:
+    """Relative to the working directory when inside it: what the user would type."""
+    rel = os.path.relpath(path)
+    return str(path) if rel.startswith("..") else rel
+
+
+def print_summary(pipe: Pipeline, reports: list[StepReport]) -> None:
+    """What ran, what was fresh, the headline figures and where the outputs are; on stdout, after the logs."""
+    if not reports:
+        return
+    rows = []
+    for r in reports:
+        m = read_json(r.out / MANIFEST) if r.out is not None and (r.out / MANIFEST).exists() else {}
+        seconds = r.seconds if r.seconds is not None else (m.get("timings", {}).get("wall_seconds") if r.action == "submitted" else None)
+        what = "fresh" if r.action == "skipped" else r.action
+        rows.append((r.name, what, f"{seconds:.1f}s" if seconds is not None else "", headline(m), _shown_path(r.out) if r.out else ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    stdout.print(f"summary of {pipe.path}:", highlight=False)
+    for name, what, secs, head, where in rows:
+        stdout.print(f"  {name:<{widths[0]}}  {what:<{widths[1]}}  {secs:>{widths[2]}}  {head:<{widths[3]}}  {where}".rstrip(), highlight=False)
+    n_ran = sum(r.action != "skipped" for r in reports)
+    verb = "submitted" if any(r.action == "submitted" for r in reports) else "ran"
+    stdout.print(f"{n_ran} {verb}, {len(reports) - n_ran} fresh; outputs in {_shown_path(pipe.workdir.resolve())}", highlight=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import time
@@ -19,10 +20,10 @@ from typing import Any, Iterator
 
 import llmpipe
 from llmpipe.artifacts.layout import LOGS, MANIFEST, RUN, TASKS, WORK, read_json, remove_temporaries, task_record_path, write_json_atomic
-from llmpipe.artifacts.manifest import write_manifest
-from llmpipe.config import params_from_mapping, params_to_dict
+from llmpipe.artifacts.manifest import content_fingerprint, write_manifest
+from llmpipe.config import canonical_json, params_from_mapping, params_to_dict
 from llmpipe.errors import InputError
-from llmpipe.fingerprint import fingerprint
+from llmpipe.fingerprint import PLANNED, content_hash, is_planned, step_fingerprint
 from llmpipe.inputs import Input
 from llmpipe.registry import Plan, Stage, get_stage
 from llmpipe.stats import merge
@@ -44,8 +45,12 @@ class Step:
 
     @property
     def fingerprint(self) -> str:
-        extra = [f"{k}={v}" for k, v in sorted(self.param_fingerprints.items())]
-        return fingerprint(self.stage.name, self.stage.version, self.params_dict, [i.fingerprint for i in self.inputs] + extra)
+        return step_fingerprint(self.stage.name, self.stage.version, self.params_dict, [i.fingerprint for i in self.inputs], self.param_fingerprints)
+
+    @property
+    def waits_on_upstream(self) -> bool:
+        """Some input is an earlier step's artifact that is not made yet (a provisional fingerprint)."""
+        return any(is_planned(fp) for fp in [i.fingerprint for i in self.inputs] + list(self.param_fingerprints.values()))
 
     def plan(self) -> Plan:
         return self.stage.plan(self.params, self.inputs)
@@ -101,7 +106,7 @@ def state(step: Step) -> tuple[str, str]:
         return "stale", _why_stale(m, step)
     if (out / RUN).exists():
         run = read_json(out / RUN)
-        if run.get("fingerprint") == step.fingerprint:
+        if _resumable(run, step):
             done = sum(len(list((out / TASKS / p["name"]).glob("*.json"))) for p in run["phases"] if (out / TASKS / p["name"]).exists())
             total = sum(len(p["tasks"]) for p in run["phases"])
             return "incomplete", f"{done}/{total} tasks done"
@@ -112,8 +117,9 @@ def state(step: Step) -> tuple[str, str]:
 def _why_stale(manifest: dict, step: Step) -> str:
     if manifest.get("version") != step.stage.version:
         return f"stage version {manifest.get('version')} -> {step.stage.version}"
+    # path params are compared by what they name (below), not by where it is
     old, new = manifest.get("params", {}), step.params_dict
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in step.param_fingerprints)
     if changed:
         return "params changed: " + ", ".join(f"{k}={old.get(k)!r}->{new.get(k)!r}" for k in changed)
     old_inputs = [i.get("fingerprint") for i in manifest.get("inputs", [])]
@@ -123,6 +129,50 @@ def _why_stale(manifest: dict, step: Step) -> str:
     if changed:
         return "file named by " + ", ".join(changed) + " changed"
     return "fingerprint changed"
+
+
+def fresh_if_upstream_unchanged(step: Step) -> bool:
+    """Would the step be fresh if each input still to be made comes out as it did for the last run?
+
+    That is the case `llmpipe status` reports as "may re-run": only running upstream can tell.
+    """
+    if not (step.out / MANIFEST).exists():
+        return False
+    m = read_json(step.out / MANIFEST)
+    old_inputs = [i.get("fingerprint") for i in m.get("inputs", [])]
+    if len(old_inputs) != len(step.inputs):
+        return False
+    inputs = [old if is_planned(i.fingerprint) else i.fingerprint for i, old in zip(step.inputs, old_inputs)]
+    old_params = m.get("param_fingerprints", {})
+    params = {k: old_params.get(k, v) if is_planned(v) else v for k, v in step.param_fingerprints.items()}
+    return step_fingerprint(step.stage.name, step.stage.version, step.params_dict, inputs, params) == m.get("fingerprint")
+
+
+def settle(run: dict, stage: Stage) -> dict:
+    """The run record with provisional input fingerprints replaced by what their steps made, where made.
+
+    A Slurm job is submitted before its upstream has run, so its `_run.json` holds `planned:<fp>`
+    fingerprints; once that upstream's manifest exists (made under that plan), its content
+    fingerprint takes their place and the step's fingerprint is recomputed from it, so the
+    manifest matches what the next `llmpipe run` computes from the finished artifacts.
+    """
+
+    def real(fp: str, path: str) -> str:
+        if not is_planned(fp) or not (Path(path) / MANIFEST).exists():
+            return fp
+        m = read_json(Path(path) / MANIFEST)
+        made_under = {m.get("fingerprint"), m.get("planned_fingerprint")}
+        return content_fingerprint(m) if fp[len(PLANNED):] in made_under else fp
+
+    inputs = [{**i, "fingerprint": real(i["fingerprint"], i["path"])} for i in run["inputs"]]
+    params = {k: real(v, run["params"].get(k, "")) for k, v in run.get("param_fingerprints", {}).items()}
+    fp = step_fingerprint(stage.name, run["version"], run["params"], [i["fingerprint"] for i in inputs], params)
+    return {**run, "inputs": inputs, "param_fingerprints": params, "fingerprint": fp}
+
+
+def _resumable(run: dict, step: Step) -> bool:
+    """An interrupted run of this very step (same fingerprint once its inputs are settled) resumes."""
+    return run.get("fingerprint") == step.fingerprint or settle(run, step.stage)["fingerprint"] == step.fingerprint
 
 
 @contextlib.contextmanager
@@ -141,6 +191,9 @@ def check_output_is_ours(out: Path, where: str) -> None:
     """Never delete a user's directory: only llmpipe artifacts are replaced."""
     if out.exists() and not out.is_dir():
         raise InputError(f"{where}: output {out} exists and is a file")
+    blocker = next((p for p in out.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise InputError(f"{where}: output {out} cannot be made: {blocker} is a file")
     if out.is_dir() and any(out.iterdir()) and not ((out / RUN).exists() or (out / MANIFEST).exists()):
         raise InputError(f"{where}: output {out} exists and is not an llmpipe artifact; choose another path or remove it")
 
@@ -149,10 +202,14 @@ def prepare(step: Step, plan: Plan | None = None) -> dict:
     """Write `_run.json` for this step, clearing a stale artifact; an interrupted same-fingerprint run is kept to resume."""
     out = step.out
     with _locked(out):
-        if (out / RUN).exists():
+        if (out / RUN).exists() and not (out / MANIFEST).exists():
             run = read_json(out / RUN)
-            if run.get("fingerprint") == step.fingerprint and not (out / MANIFEST).exists():
-                return run
+            if _resumable(run, step):
+                current = json.loads(canonical_json({**step.run_record(plan or step.plan()), "started": run.get("started")}))
+                if current != run:
+                    # same work, other paths (a copied workdir, a settled input): the tasks left read from here
+                    write_json_atomic(out / RUN, current)
+                return current
         if out.exists():
             shutil.rmtree(out)
         out.mkdir(parents=True)
@@ -209,6 +266,7 @@ def finalize(out: Path) -> dict:
     last = run["phases"][-1]["name"]
     stats = merge([r["stats"] for r in records[last]])
     stage, ctx = _context(out, run, len(run["phases"]) - 1, 0)
+    planned_fp, run = run["fingerprint"], settle(run, stage)
     extra = stage.finalize(ctx, stats, records) if stage.finalize else {"stats": stats}
     remove_temporaries(out)
     if not stage.extra.get("keep_work"):
@@ -233,6 +291,9 @@ def finalize(out: Path) -> dict:
     missing_files = [f for f in run["files"] if not (out / f).exists()]
     if missing_files:
         raise RuntimeError(f"{out}: planned files were not written: {missing_files[:3]}")
+    manifest["content_hash"] = content_hash(out, run["files"])  # what readers' fingerprints take from this artifact
+    if planned_fp != run["fingerprint"]:
+        manifest["planned_fingerprint"] = planned_fp  # lets dependents planned under it settle theirs
     (out / LOGS).mkdir(exist_ok=True)
     write_manifest(out, manifest)
     return manifest

@@ -178,7 +178,7 @@ def test_set_errors_name_the_flag(tmp_path, docs, override):
 def test_set_unknown_step(tmp_path, docs):
     write(tmp_path / "pipe.toml", GOOD_TWO_STEPS)
     line = _one_line_error(tmp_path, "run", "pipe.toml", "--set", "dedpu.normalize=false")
-    assert line == 'error: --set dedpu.normalize=false: no step "dedpu" in pipe.toml; did you mean "dedup"?'
+    assert line == 'error: --set dedpu.normalize=false: no step "dedpu" in pipe.toml; its steps are: ingest, dedup; did you mean "dedup"?'
 
 
 def test_set_malformed(tmp_path, docs):

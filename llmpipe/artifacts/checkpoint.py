@@ -9,15 +9,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from llmpipe.artifacts.layout import atomic_path, give_default_mode
+from llmpipe.artifacts.layout import atomic_path
 
 
 def save_tensors(tensors: dict, path: Path, metadata: dict | None = None) -> None:
-    """safetensors.torch.save_file with the file mode of every other output."""
+    """safetensors.torch.save_file; called inside atomic_path, which gives the file the usual mode (safetensors writes 0600)."""
     from safetensors.torch import save_file
 
     save_file(tensors, str(path), metadata=metadata)
-    give_default_mode(path)
 
 
 def save_checkpoint(path: Path, tensors: dict, config: dict, state: dict | None = None, state_tensors: dict | None = None) -> None:

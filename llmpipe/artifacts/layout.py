@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -41,6 +42,7 @@ def atomic_path(final: Path) -> Iterator[Path]:
     tmp = final.with_name(f"{final.name}{TMP_MARK}{os.getpid()}")
     try:
         yield tmp
+        _usual_modes(tmp)
         os.replace(tmp, final)
     finally:
         if tmp.exists():
@@ -50,11 +52,31 @@ def atomic_path(final: Path) -> Iterator[Path]:
                 tmp.unlink()
 
 
-def give_default_mode(path: Path) -> None:
-    """The mode a plain open() would give (0644 under umask 022): safetensors writes its files 0600."""
-    mask = os.umask(0)
+@functools.cache
+def _umask() -> int:
+    """This process's umask, read without setting it where Linux tells it (setting it races other threads)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/self/status") as f:
+            return int(next(line for line in f if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
     os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
+    return mask
+
+
+def _usual_modes(path: Path) -> None:
+    """Give a finished output the modes of a normal file (0644 under umask 022): some writers (safetensors)
+    create theirs 0600, which would leave model.safetensors unreadable to the group that reads the rest."""
+    umask = _umask()
+    if path.is_symlink() or not path.exists():  # a link is not ours to change; a writer may have written nothing
+        return
+    if not path.is_dir():
+        os.chmod(path, 0o666 & ~umask)
+        return
+    os.chmod(path, 0o777 & ~umask)
+    for root, dirs, files in os.walk(path):
+        for name, mode in [(d, 0o777) for d in dirs] + [(f, 0o666) for f in files]:
+            if not os.path.islink(os.path.join(root, name)):
+                os.chmod(os.path.join(root, name), mode & ~umask)
 
 
 def write_json_atomic(path: Path, obj) -> None:

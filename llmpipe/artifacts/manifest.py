@@ -24,5 +24,13 @@ def read_manifest(artifact: Path) -> dict:
         raise InputError(f"{path}: unreadable manifest: {e}") from None
 
 
+def content_fingerprint(manifest: dict) -> str:
+    """What an artifact contributes to its readers' fingerprints: the hash of its data files.
+
+    Manifests written before content hashes existed fall back to their step fingerprint.
+    """
+    return manifest.get("content_hash") or manifest["fingerprint"]
+
+
 def is_complete(artifact: Path) -> bool:
     return (Path(artifact) / MANIFEST).is_file()

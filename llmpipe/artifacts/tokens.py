@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmpipe.artifacts.layout import atomic_path, give_default_mode
+from llmpipe.artifacts.layout import atomic_path
 
 _DTYPES = {"U16": np.uint16, "U32": np.uint32}
 
@@ -30,7 +30,6 @@ def write_token_shard(path: Path, tokens: np.ndarray, vocab_size: int) -> None:
         raise ValueError(f"token id {int(tokens.max())} is outside the vocabulary of {vocab_size}")
     with atomic_path(Path(path)) as tmp:
         save_file({"tokens": np.ascontiguousarray(tokens, dtype=dtype)}, str(tmp), metadata={"vocab_size": str(vocab_size)})
-        give_default_mode(tmp)
 
 
 def read_token_shard(path: Path) -> np.ndarray:

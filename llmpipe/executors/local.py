@@ -6,10 +6,13 @@ into place only when complete), so re-running does exactly the missing work.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import signal
 import subprocess
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from pathlib import Path
+from typing import Iterator
 
 from llmpipe import step as step_mod
 from llmpipe.artifacts.layout import remove_temporaries
@@ -48,19 +51,48 @@ def run_phases(out: Path, run: dict, workers: int, label: str) -> None:
                 _run_pool(out, k, todo, workers, label, advance)
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _sigint_held() -> Iterator[None]:
+    """Hold Ctrl-C while the workers start: they inherit the blocked mask, so only this process sees it
+    (it stops them), and a Ctrl-C in the meantime is delivered here when the block is lifted."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def _run_pool(out: Path, phase: int, todo: list[int], workers: int, label: str, advance) -> None:
     ctx = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
-        futures = {pool.submit(_run_one, str(out), phase, t): t for t in todo}
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for f in done:
-                if f.exception() is not None:
-                    for p in pending:
-                        p.cancel()
-                    err = f.exception()
-                    if getattr(err, "exit_code", None) is not None:
-                        raise err
-                    raise TaskFailed(f"{label}: task {futures[f]} failed: {type(err).__name__}: {err}") from err
-                advance(1)
+    # Workers ignore Ctrl-C (the initializer covers a forkserver started before this pool); on
+    # Ctrl-C this process ends them: finished tasks have records, unfinished ones left only temporaries.
+    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx, initializer=_ignore_sigint) as pool:
+        try:
+            with _sigint_held():
+                futures = {pool.submit(_run_one, str(out), phase, t): t for t in todo}
+            _wait_all(futures, label, advance)
+        except KeyboardInterrupt:
+            workers_ = list(pool._processes.values())  # no public way to stop running tasks before Python 3.14
+            pool.shutdown(wait=False, cancel_futures=True)
+            for w in workers_:
+                w.terminate()
+            raise
+
+
+def _wait_all(futures: dict, label: str, advance) -> None:
+    pending = set(futures)
+    while pending:
+        done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+        for f in done:
+            if f.exception() is not None:
+                for p in pending:
+                    p.cancel()
+                err = f.exception()
+                if getattr(err, "exit_code", None) is not None:
+                    raise err
+                raise TaskFailed(f"{label}: task {futures[f]} failed: {type(err).__name__}: {err}") from err
+            advance(1)

@@ -168,7 +168,13 @@ def _failure_report(st: step_mod.Step, settings: dict) -> str:
 
 
 def submit_pipeline(pipe, built: dict, selected: list[str], force: bool = False, wait: bool = True):
-    """Submit every selected, non-fresh step in order, chained by afterok; follow them when wait is set."""
+    """Submit every selected, non-fresh step in order, chained by afterok; follow them when wait is set.
+
+    No early cutoff here: a dependent is submitted before its upstream has run, so it cannot know
+    whether that upstream's output will come out unchanged, and it re-runs whenever an upstream
+    job is submitted. Its `_run.json` holds provisional input fingerprints that finalize settles
+    from the finished upstream manifests (step.settle), so the next `llmpipe run` finds it fresh.
+    """
     from llmpipe.pipeline import step_refs
     from llmpipe.runner import StepReport
 
