@@ -103,10 +103,11 @@ def plan(params: Params, inputs) -> Plan:
 def _made_manifest(inp) -> dict | None:
     """The manifest of an input artifact as it will be read; None while an earlier step has yet to (re)make it."""
     from llmpipe.artifacts.layout import MANIFEST, read_json
+    from llmpipe.artifacts.manifest import content_fingerprint
 
     path = Path(inp.path) / MANIFEST
     manifest = read_json(path) if inp.kind == "artifact" and path.is_file() else None
-    return manifest if manifest and manifest.get("fingerprint") == inp.fingerprint else None
+    return manifest if manifest and content_fingerprint(manifest) == inp.fingerprint else None
 
 
 def _check_tokens(p: Params, path: str, manifest: dict) -> None:

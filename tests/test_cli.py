@@ -80,10 +80,11 @@ def test_help_does_not_import_torch(args):
     assert "TORCH False" in res.stderr, res.stderr
 
 
-def test_cli_and_library_make_the_same_artifact(tmp_path):
-    src = write(tmp_path / "docs.jsonl", "".join(json.dumps({"text": t}) + "\n" for t in ["tiny", "hello world", "a longer document here", "hi", "hello world"]))
+def test_cli_and_library_make_the_same_artifact(tmp_path, monkeypatch):
+    write(tmp_path / "docs.jsonl", "".join(json.dumps({"text": t}) + "\n" for t in ["tiny", "hello world", "a longer document here", "hi", "hello world"]))
     run_cli("ingest", "--input", "docs.jsonl", "--output", "a", "--min-chars", "5", cwd=tmp_path, check=True, timeout=60)
-    llmpipe.run_stage("ingest", [src], tmp_path / "b", min_chars=5)
+    monkeypatch.chdir(tmp_path)  # the same input as written: documents name their file as the user gave it
+    llmpipe.run_stage("ingest", ["docs.jsonl"], tmp_path / "b", min_chars=5)
 
     ma = json.loads((tmp_path / "a" / "_manifest.json").read_text())
     mb = json.loads((tmp_path / "b" / "_manifest.json").read_text())

@@ -76,7 +76,7 @@ class PackedBatches:
         if self.steps_per_epoch == 0:
             raise ValueError(
                 f"{len(self.stream)} tokens make {self.samples} samples of {seq_len}+1 tokens, fewer than one global batch "
-                f"({batch_size} x {world_size} ranks); lower batch_size or seq_len, or tokenize more text"
+                f"({batch_size} x {world_size} ranks); lower batch_tokens or seq_len, or tokenize more text"
             )
         self._order: tuple[int, np.ndarray] | None = None  # (epoch, permutation), kept for the current epoch
 

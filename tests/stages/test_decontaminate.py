@@ -107,7 +107,7 @@ def test_unusable_reference_is_one_line_and_nothing_is_written(tmp_path, content
     res = run_cli("decontaminate", "--input", "train", "--output", "out", "--reference", "eval.jsonl", cwd=tmp_path)
     assert res.returncode == 2 and not (tmp_path / "out").exists(), res.stderr
     line = res.stderr.strip().replace(str((tmp_path / "eval.jsonl").resolve()), "<ref>")
-    assert line.startswith("error: decontaminate " + message), line
+    assert line.startswith("error: decontaminate --" + message), line
 
 
 def test_cp1252_reference_is_read(tmp_path):
