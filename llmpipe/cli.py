@@ -69,15 +69,25 @@ def stage_command(stage_name: str) -> click.Command:
         if manifest is not None:  # None: a Slurm array element whose peer writes the manifest
             _print_counts(manifest)
 
-    return click.Command(stage_name.replace("_", "-"), params=params, callback=callback, help=_keep_examples(stage.doc), short_help=stage.summary)
+    return click.Command(stage_name.replace("_", "-"), params=params, callback=callback, help=stage_help(stage.doc), short_help=stage.summary)
 
 
-def _keep_examples(doc: str) -> str:
-    """Mark indented example blocks so click prints them as written instead of re-wrapping them."""
+def help_example(doc: str) -> str:
+    """The stage's first example command: runnable from the repository root after the quickstart."""
+    return next(line.strip() for line in doc.splitlines() if line.strip().startswith("llmpipe "))
+
+
+def stage_help(doc: str) -> str:
+    """The summary, then the first example (a newcomer's first question), then the rest of the docstring;
+    indented example blocks are marked so click prints them as written instead of re-wrapping them."""
     import inspect
 
-    blocks = inspect.cleandoc(doc).split("\n\n")
-    return "\n\n".join("\b\n" + b if any(line.startswith("    ") for line in b.splitlines()) else b for b in blocks)
+    example = help_example(doc)
+    summary, _, rest = inspect.cleandoc(doc).partition("\n\n")
+    rest = "\n".join(line for line in rest.splitlines() if line.strip() != example)
+    blocks = [summary, f"\b\nExample (after the quickstart, from the repository root):\n    {example}"] + rest.split("\n\n")
+    return "\n\n".join("\b\n" + b if any(line.startswith("    ") for line in b.splitlines()) and not b.startswith("\b") else b
+                       for b in blocks if b.strip())
 
 
 def _print_counts(manifest: dict) -> None:

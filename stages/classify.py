@@ -6,7 +6,7 @@ at least `min_score`; a text without a single letter (empty, emoji, digits) is `
 classifier from `llmpipe train-classifier`, or any fastText model) and keeps those at or above
 `min_score`. One task per input part; removed documents can be kept beside with a reason.
 
-    llmpipe classify --input runs/docs --output runs/english --languages en --min-score 0.65
+    llmpipe classify --input runs/pretrain/ingest --output runs/english --languages en --min-score 0.65
     llmpipe classify --input runs/english --output runs/hq --mode score --model runs/quality_model --label hq --min-score 0.5
 """
 

@@ -7,7 +7,7 @@ at least `min_matches` distinct n-grams with the index is contaminated). Eval se
 `reference`: JSONL/JSON (HellaSwag, multiple-choice and question/answer formats; context plus gold
 answer) or any document artifact. The manifest lists every eval item found and in which documents.
 
-    llmpipe decontaminate --input runs/deduped --output runs/clean --reference ../shared/data/eval/hellaswag_val.jsonl
+    llmpipe decontaminate --input runs/pretrain/dedup --output runs/clean --reference hellaswag_val.jsonl
     [steps.decontaminate]
     inputs = ["dedup"]
     reference = "eval/hellaswag_val.jsonl"

@@ -9,7 +9,7 @@ per input part: kept rows, lines removed). A task holds one part's or one band's
 corpus's text. Output: kept documents (same schema) plus `clusters/part-*.parquet` (id, cluster,
 cluster_size, kept, reason) for every document in a cluster of two or more.
 
-    llmpipe dedup --input runs/docs --output runs/deduped --threshold 0.8
+    llmpipe dedup --input runs/pretrain/filter --output runs/deduped --threshold 0.8
     [steps.dedup]
     inputs = ["filter"]
     threshold = 0.8          # near_dedup = false: exact duplicates only

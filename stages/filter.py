@@ -7,7 +7,7 @@ see the cleaned text. Before the rules: a URL domain blocklist and length bounds
 holds the funnel (documents in, removed by each rule, documents out) and `funnel.png` draws it;
 removed documents can be kept beside in rejected/ with their reason.
 
-    llmpipe filter --input runs/english --output runs/filtered --keep-rejected
+    llmpipe filter --input runs/pretrain/language --output runs/filtered --keep-rejected
     [steps.filter]
     inputs = ["language"]
     gopher_quality_min_doc_words = 30

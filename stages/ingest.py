@@ -21,7 +21,8 @@ Every document says where it came from, as datatrove's `file_path` and record id
           `id` is its WARC-Record-ID
 Records without their own id get a stable hash of input, path and line (or offset) as `id`.
 
-    llmpipe ingest --input 'data/*.jsonl.gz' --output runs/docs
+    llmpipe ingest --input embedded:python-docs --output runs/docs
+    llmpipe ingest --input 'data/*.jsonl.gz' --output runs/web
     [steps.ingest]
     inputs = ["embedded:python-docs", "data/*.jsonl"]
 """

@@ -7,7 +7,7 @@ checkpoints/step-N/ (the last keep_last, with AdamW state, for resume), metrics.
 A killed run re-run with the same params resumes from its newest checkpoint. Under torchrun
 (nproc_per_node > 1, or Slurm) it trains with DDP; batch_tokens is the global batch.
 
-    llmpipe pretrain --input runs/pretrain/tokens --tokenizer runs/pretrain/tokenizer --output runs/pretrain/model --max-steps 200
+    llmpipe pretrain --input runs/pretrain/tokens --tokenizer runs/pretrain/tokenizer --output runs/model --max-steps 50
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ cut), `tokenize` (one task per input part, streaming: writes its token streams t
 the last one shorter; task i writes the shards that start inside part i's tokens). The same
 documents in the same order therefore give the same shard bytes in one part or in forty.
 
-    llmpipe tokenize --input runs/deduped --tokenizer runs/tokenizer --output runs/tokens --val-fraction 0.01
+    llmpipe tokenize --input runs/pretrain/dedup --tokenizer runs/pretrain/tokenizer --output runs/tokens --val-fraction 0.05
     [steps.tokens]
     stage = "tokenize"
     inputs = ["dedup", "wiki"]

@@ -6,7 +6,7 @@ held-out slice (chosen by a hash of the document id, so it is stable) measures p
 and F1 per label; they go into the manifest. The output artifact holds `model.bin`, which
 `llmpipe classify --mode score --model <artifact>` reads with the same preprocessing.
 
-    llmpipe train-classifier --input runs/wiki --input runs/web --labels hq --labels lq --output runs/quality_model
+    llmpipe train-classifier --input runs/pretrain/filter --input runs/pretrain/filter/rejected --labels hq --labels lq --output runs/quality_model
 """
 
 from __future__ import annotations

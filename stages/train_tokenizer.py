@@ -13,7 +13,7 @@ characters as UTF-8 bytes), so decoding gives back exactly the text that was enc
 artifact holds tokenizer.model, special_tokens.json (bos/eos/pad and the chat roles for SFT/DPO)
 and the Hugging Face files (see llmpipe/text/tokenizer.py).
 
-    llmpipe train-tokenizer --input runs/deduped --output runs/tokenizer --vocab-size 32000
+    llmpipe train-tokenizer --input runs/pretrain/dedup --output runs/tokenizer --vocab-size 4096
     [steps.tokenizer]
     stage = "train-tokenizer"
     inputs = ["dedup"]

@@ -35,6 +35,25 @@ def test_quickstart_pipeline_end_to_end(tmp_path):
     assert first.stderr.count("running") == len(steps)
     second = run_cli("run", str(pipeline), cwd=tmp_path, check=True)
     assert second.stderr.count("fresh, skipped") == len(steps)
+    _help_examples_run_after_the_quickstart(tmp_path)
+
+
+def _help_examples_run_after_the_quickstart(cwd):
+    """Every stage's --help opens with an example; after the quickstart it runs as written (the one eval set
+    decontaminate needs is a file of the user's: a HellaSwag-style line stands in for it)."""
+    import shlex
+
+    from llmpipe.cli import help_example
+    from llmpipe.registry import builtin_stages, get_stage
+
+    (cwd / "hellaswag_val.jsonl").write_text(json.dumps({"ctx": "Return the number of items in a container.", "endings": ["ok"], "label": 0}) + "\n")
+    for name in sorted(builtin_stages()):
+        shown = run_cli(name.replace("_", "-"), "--help", cwd=cwd, check=True).stdout
+        example = help_example(get_stage(name).doc)
+        assert shown.split("\n\n")[2].strip() == "Example (after the quickstart, from the repository root):\n    " + example
+        args = shlex.split(example)
+        assert args[:2] == ["llmpipe", name.replace("_", "-")]
+        run_cli(*args[1:], cwd=cwd, check=True)
 
 
 def test_quickstart_data_does_not_depend_on_installed_packages(tmp_path):
