@@ -31,6 +31,15 @@ def test_quickstart_pipeline_end_to_end(tmp_path):
     # learned something: validation loss well below a uniform guess over the vocabulary, ln(4096) = 8.3 nats
     assert model["metrics"]["val_loss"] < 0.85 * math.log(4096), model["metrics"]
     assert set(model["samples"]) == {"greedy", "top_p"} and all(model["samples"].values())
+    # recognisable text, not "The.\n the the the": the samples use many distinct words of the corpus
+    import re
+
+    import pyarrow.parquet as pq
+
+    corpus = {w.lower() for t in pq.read_table(sorted((work / "dedup").glob("part-*.parquet"))).column("text").to_pylist()
+              for w in re.findall(r"[A-Za-z]{2,}", t)}
+    words = {w.lower() for text in model["samples"].values() for w in re.findall(r"[A-Za-z]{2,}", text)}
+    assert len(words & corpus) >= 10, model["samples"]
     assert "sample (greedy):" in first.stderr
     assert first.stderr.count("running") == len(steps)
     second = run_cli("run", str(pipeline), cwd=tmp_path, check=True)
