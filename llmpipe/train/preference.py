@@ -46,8 +46,8 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tenso
     targets = torch.where(target_mask, labels[:, 1:], torch.zeros_like(labels[:, 1:])).long()
     predicting = logits[:, :-1]  # a view: logits at t predict the label at t + 1
     if predicting.dtype in (torch.float16, torch.bfloat16):
-        # log-softmax in half precision loses ~3 digits; upcast one row at a time so only one [T, V]
-        # float temporary exists beside the (saved-for-backward) float rows
+        # half precision keeps ~3 significant digits, too few for log-probs summed over many tokens;
+        # upcast one row at a time so only one [T, V] temporary exists beside the (saved) float rows
         token_logps = torch.stack([_token_logps(row.float(), tgt) for row, tgt in zip(predicting, targets)])
     else:
         token_logps = _token_logps(predicting, targets)
