@@ -72,6 +72,23 @@ def iter_jsonl(path: str, text_key: str, stats: TaskStats, encoding: str = "auto
         stats.skip("truncated_file", f"{name}: {e}")
 
 
+def iter_json_lines(path: str, stats: TaskStats, encoding: str = "auto") -> Iterator[tuple[int, object]]:
+    """(line number, parsed value) for each non-blank line that is JSON, whatever it holds (chat data
+    judges the rows itself); broken lines and truncated files are counted as in iter_jsonl."""
+    name = os.path.basename(path)
+    try:
+        with open_maybe_compressed(path) as raw:
+            for lineno, line, _ in _decoded_lines(raw, encoding):
+                if not line.strip():
+                    continue
+                try:
+                    yield lineno, json.loads(line)
+                except ValueError:
+                    stats.skip("bad_json", f"{name}:{lineno}")
+    except (EOFError, OSError) as e:
+        stats.skip("truncated_file", f"{name}: {e}")
+
+
 def _no_text_reason(obj, text_key: str) -> str:
     """What the record holds instead, so the user can name the right text field."""
     if not isinstance(obj, dict):
