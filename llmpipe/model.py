@@ -240,6 +240,19 @@ class Model(nn.Module):
             if name.endswith(("o_proj.weight", "down_proj.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
+    @classmethod
+    def from_checkpoint(cls, path, device: str = "cpu") -> "Model":
+        """The model of a checkpoint directory (llmpipe's, or a Llama checkpoint transformers wrote), weights loaded."""
+        from llmpipe.artifacts.checkpoint import load_checkpoint
+
+        tensors, config, _, _ = load_checkpoint(path, device=device)
+        model = cls(ModelConfig.from_hf(config)).to(device)
+        result = model.load_state_dict(tensors, strict=False)
+        missing = [k for k in result.missing_keys if not (k == "lm_head.weight" and model.config.tie_embeddings)]  # tied: one matrix
+        if missing or result.unexpected_keys:
+            raise ValueError(f"{path}: the weights do not fit the config (missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})")
+        return model
+
     def _init_weights(self, module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)

@@ -10,4 +10,5 @@ STAGES = {
     "train_tokenizer": "stages.train_tokenizer",
     "tokenize": "stages.tokenize",
     "pretrain": "stages.pretrain",
+    "sft": "stages.sft",
 }

@@ -12,10 +12,7 @@ A killed run re-run with the same params resumes from its newest checkpoint. Und
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -23,7 +20,6 @@ from typing import Literal
 from llmpipe.registry import Plan, Stage
 
 MODEL_PRESETS = ("tiny", "small", "124m", "350m")  # the keys of llmpipe.model.PRESETS (importing it would import torch)
-TOKENIZER_FILES = ("tokenizer.model", "special_tokens.json", "tokenizer.json", "tokenizer_config.json")
 
 
 @dataclass(frozen=True)
@@ -83,13 +79,15 @@ def model_config(p: Params, vocab_size: int, special: dict):
 
 
 def plan(params: Params, inputs) -> Plan:
+    from llmpipe.artifacts.checkpoint import TOKENIZER_FILES
     from llmpipe.text.tokenizer import check_tokenizer
+    from llmpipe.train.dist import check_device
 
     if len(inputs) != 1:
         raise ValueError(f"inputs: expected one tokenize artifact, got {len(inputs)}")
     if params.tokenizer:
         check_tokenizer(params.tokenizer)
-    _check_device(params.device, built_only=True)
+    check_device(params.device, built_only=True)
     tokens = _made_manifest(inputs[0])
     if tokens is not None:
         _check_tokens(params, inputs[0].path, tokens)
@@ -130,24 +128,6 @@ def _check_tokens(p: Params, path: str, manifest: dict) -> None:
                      f"but {path} holds {have}; {hint}, or tokenize more text")
 
 
-def _check_device(device: str, built_only: bool = False) -> None:
-    """ValueError unless torch can use `device` here; built_only: only whether this torch was built for it at all.
-
-    A GPU missing on this machine may still be on the node a Slurm job runs on, with the same install,
-    so before the run only a torch built without the device is refused; the task checks the rest.
-    """
-    if device in ("auto", "cpu"):
-        return
-    import torch
-
-    built = torch.backends.cuda.is_built() if device == "cuda" else torch.backends.mps.is_built()
-    here = torch.cuda.is_available() if device == "cuda" else torch.backends.mps.is_available()
-    if not built:
-        raise ValueError(f"device: torch {torch.__version__} is built without {device} support; use cpu (or auto), or install a torch built for {device}")
-    if not here and not built_only:
-        raise ValueError(f"device: torch sees no {device} device on this machine ({os.uname().nodename}); use cpu (or auto)")
-
-
 def token_bytes(tokenizer_path: str, vocab_size: int):
     """UTF-8 bytes each token id stands for (0 for control tokens), to turn nats per token into bits per byte."""
     import torch
@@ -175,7 +155,8 @@ def train_task(ctx, task: dict) -> dict:
     from llmpipe.errors import InputError
     from llmpipe.model import Model
     from llmpipe.train.data import PackedBatches, split_shards
-    from llmpipe.train.dist import init_distributed, shutdown_distributed
+    from llmpipe.artifacts.checkpoint import write_model_dir
+    from llmpipe.train.dist import check_device, init_distributed, shutdown_distributed
     from llmpipe.train.loop import LoopConfig, loss_png, peak_flops, train
     from llmpipe.train.optim import lr_at, make_optimizer
 
@@ -183,7 +164,7 @@ def train_task(ctx, task: dict) -> dict:
     tokens = Path(ctx.inputs[0].path)
     manifest = read_manifest(tokens)
     try:
-        _check_device(p.device)
+        check_device(p.device)
     except ValueError as e:
         raise InputError(f"{ctx.run['step']} {e}") from None
     dist = init_distributed(p.device)
@@ -242,34 +223,13 @@ def train_task(ctx, task: dict) -> dict:
         evals = train(model, optimizer, schedule, micro_batches, loss_fn, ctx.out, loop, dist, config_json=hf_config,
                       eval_fn=eval_fn, compile=p.compile)
         if dist.is_main:
-            write_final(ctx.out, model, hf_config, p.tokenizer)
+            write_model_dir(ctx.out, model.state_dict(), hf_config, p.tokenizer)
             loss_png(ctx.out / "loss.png", ctx.out / "metrics.jsonl", f"pretrain: {cfg.n_layer} layers, d {cfg.n_embd}, {model.num_params() / 1e6:.2f}M params")
         final = evals[-1] if evals else {}
         return {"counts": {"steps": p.max_steps, "tokens": p.max_steps * p.batch_tokens, "parameters": model.num_params()},
                 "metrics": {k: round(v, 5) for k, v in final.items() if k != "step"}, "world_size": dist.world_size}
     finally:
         shutdown_distributed()
-
-
-def write_final(out: Path, model, hf_config: dict, tokenizer: str) -> None:
-    """The artifact root: weights, config and tokenizer files, each renamed into place."""
-    from llmpipe.artifacts.checkpoint import save_tensors
-    from llmpipe.artifacts.layout import atomic_path
-
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    with atomic_path(out / "model.safetensors") as tmp:
-        save_tensors(tensors, tmp, metadata={"format": "pt"})
-    with atomic_path(out / "config.json") as tmp:
-        tmp.write_text(json.dumps(hf_config, indent=1, sort_keys=True))
-    if tokenizer:
-        tok = Path(tokenizer)
-        for name in TOKENIZER_FILES if tok.is_dir() else ():
-            if (tok / name).exists():
-                with atomic_path(out / name) as tmp:
-                    shutil.copyfile(tok / name, tmp)
-        if tok.is_file():
-            with atomic_path(out / "tokenizer.model") as tmp:
-                shutil.copyfile(tok, tmp)
 
 
 def finalize(ctx, stats: dict, records: dict) -> dict:

@@ -7,9 +7,14 @@ safetensors + JSON, never as pickles.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from llmpipe.artifacts.layout import atomic_path
+
+
+# the tokenizer files a model directory carries, so transformers' AutoTokenizer loads it beside the model
+TOKENIZER_FILES = ("tokenizer.model", "special_tokens.json", "tokenizer.json", "tokenizer_config.json")
 
 
 def save_tensors(tensors: dict, path: Path, metadata: dict | None = None) -> None:
@@ -41,3 +46,22 @@ def load_checkpoint(path: Path, device: str = "cpu") -> tuple[dict, dict, dict |
     st = path / "training_state.safetensors"
     state_tensors = load_file(str(st), device=device) if st.exists() else None
     return tensors, config, state, state_tensors
+
+
+def write_model_dir(out: Path, state_dict: dict, hf_config: dict, tokenizer: str | Path = "") -> None:
+    """A model directory transformers loads: model.safetensors, config.json and the tokenizer files, each renamed into place."""
+    out = Path(out)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_tensors(tensors, tmp, metadata={"format": "pt"})
+    with atomic_path(out / "config.json") as tmp:
+        tmp.write_text(json.dumps(hf_config, indent=1, sort_keys=True))
+    if tokenizer:
+        tok = Path(tokenizer)
+        for name in TOKENIZER_FILES if tok.is_dir() else ():
+            if (tok / name).exists():
+                with atomic_path(out / name) as tmp:
+                    shutil.copyfile(tok / name, tmp)
+        if tok.is_file():
+            with atomic_path(out / "tokenizer.model") as tmp:
+                shutil.copyfile(tok, tmp)

@@ -58,3 +58,21 @@ def shutdown_distributed() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def check_device(device: str, built_only: bool = False) -> None:
+    """ValueError unless torch can use `device` here; built_only: only whether this torch was built for it at all.
+
+    A GPU missing on this machine may still be on the node a Slurm job runs on, with the same install,
+    so before the run only a torch built without the device is refused; the task checks the rest.
+    """
+    if device in ("auto", "cpu"):
+        return
+    import torch
+
+    built = torch.backends.cuda.is_built() if device == "cuda" else torch.backends.mps.is_built()
+    here = torch.cuda.is_available() if device == "cuda" else torch.backends.mps.is_available()
+    if not built:
+        raise ValueError(f"device: torch {torch.__version__} is built without {device} support; use cpu (or auto), or install a torch built for {device}")
+    if not here and not built_only:
+        raise ValueError(f"device: torch sees no {device} device on this machine ({os.uname().nodename}); use cpu (or auto)")

@@ -1,4 +1,4 @@
-"""The one training loop (pretrain now; SFT and DPO bring their own batches and loss_fn).
+"""The one training loop: pretrain, SFT and DPO each bring their batches and their loss_fn.
 
 It handles grad accumulation, clipping, the LR schedule, bf16 autocast on CUDA (fp32 on CPU), DDP
 gradient sync, an eval hook, checkpoints every N steps keeping the last K, automatic resume from
@@ -36,6 +36,7 @@ class LoopConfig:
     tokens_per_step: int = 0  # global tokens per optimizer step, for tokens/s
     flops_per_token: float = 0.0  # for MFU
     peak_flops: float = 0.0  # per process; 0 (CPU, unknown GPU) leaves MFU out
+    eval_at_start: bool = False  # evaluate the model as it comes in (fine-tuning: the base model's figures)
 
 
 def peak_flops(device: str) -> float:
@@ -95,7 +96,8 @@ def train(
     """Train `model` to cfg.max_steps, resuming from the newest checkpoint in out/checkpoints; returns the eval records.
 
     micro_batches(step) yields this rank's micro-batches of an optimizer step; loss_fn(model, batch)
-    -> loss (the mean over the micro-batch); eval_fn(model) -> dict of metrics, run on every rank.
+    -> loss (the mean over the micro-batch), or (loss, {name: scalar tensor}) whose metrics are
+    averaged over micro-batches and ranks and logged; eval_fn(model) -> dict of metrics, run on every rank.
     """
     import torch
 
@@ -117,6 +119,8 @@ def train(
         start = int(state["step"])
         log(f"resuming from {path} (step {start}/{cfg.max_steps})")
     if dist.is_main:
+        if start == 0:  # a fresh start (or one killed before its first checkpoint) begins a fresh file
+            (out / METRICS).unlink(missing_ok=True)
         # a run killed after its last checkpoint evaluates again below: drop the first evaluation of that step
         _truncate_metrics(out / METRICS, start, drop_eval_at_end=start >= cfg.max_steps)
     if dist.ddp:
@@ -148,6 +152,8 @@ def train(
             _append(out / METRICS, {"eval": True, **record})
             log(f"step {step}/{cfg.max_steps} | " + " | ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "step"))
 
+    if cfg.eval_at_start and start == 0:
+        evaluate(0)
     model.train()
     t_start, tokens_done = time.time(), 0
     for step in range(start, cfg.max_steps):
@@ -157,16 +163,24 @@ def train(
             group["lr"] = lr
         batches = list(micro_batches(step))
         total = torch.zeros((), device=dist.device)
+        extra: dict[str, torch.Tensor] = {}  # a method's own metrics (DPO's rewards/*), averaged like the loss
         for k, batch in enumerate(batches):
             sync = k == len(batches) - 1
             ctx = model.no_sync() if dist.ddp and not sync and hasattr(model, "no_sync") else _nullcontext()
             with ctx:  # no_sync: gradients are all-reduced once, on the last micro-batch
                 with _autocast(dist.device):
-                    loss = loss_fn(model, batch) / len(batches)
+                    loss, metrics = _loss_and_metrics(loss_fn(model, batch))
+                    loss = loss / len(batches)
                 loss.backward()
             total += loss.detach()
+            for name, value in metrics.items():
+                extra[name] = extra.get(name, 0) + value.detach().float() / len(batches)
         if dist.ddp:
             torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.AVG)
+            if extra:
+                stacked = torch.stack(list(extra.values()))
+                torch.distributed.all_reduce(stacked, op=torch.distributed.ReduceOp.AVG)
+                extra = dict(zip(extra, stacked))
         grad_norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -174,7 +188,8 @@ def train(
         dt = time.time() - t0
         tokens_done += cfg.tokens_per_step
         tok_s = cfg.tokens_per_step / dt
-        record = {"step": step + 1, "loss": loss_value, "lr": lr, "grad_norm": round(float(grad_norm), 5), "tokens_per_s": round(tok_s, 1), "dt": round(dt, 4)}
+        record = {"step": step + 1, "loss": loss_value, "lr": lr, "grad_norm": round(float(grad_norm), 5), "tokens_per_s": round(tok_s, 1), "dt": round(dt, 4),
+                  **{name: round(value.item(), 5) for name, value in extra.items()}}
         if cfg.flops_per_token:
             record["flops_per_s"] = round(cfg.flops_per_token * tok_s / dist.world_size, 0)  # per process
             if cfg.peak_flops:
@@ -185,7 +200,8 @@ def train(
             _append(out / METRICS, record)
             remaining = (cfg.max_steps - step - 1) * (time.time() - t_start) / max(1, step + 1 - start)
             mfu = f" | mfu {record['mfu']:.1%}" if "mfu" in record else ""
-            log(f"step {step + 1}/{cfg.max_steps} | loss {loss_value:.4f} | lr {lr:.2e} | norm {float(grad_norm):.3f} | "
+            shown = "".join(f" | {name} {record[name]:.3f}" for name in extra)
+            log(f"step {step + 1}/{cfg.max_steps} | loss {loss_value:.4f}{shown} | lr {lr:.2e} | norm {float(grad_norm):.3f} | "
                 f"dt {dt * 1000:.0f}ms | tok/s {tok_s:,.0f}{mfu} | eta {remaining / 60:.1f}m")
         done = step + 1 == cfg.max_steps
         if done or (cfg.eval_every and (step + 1) % cfg.eval_every == 0):
@@ -195,6 +211,11 @@ def train(
     if start >= cfg.max_steps and eval_fn is not None:  # everything was done before a kill after the last checkpoint
         evaluate(cfg.max_steps)
     return evals
+
+
+def _loss_and_metrics(out) -> tuple:
+    """loss_fn returns the loss, or (loss, {name: scalar tensor}) for metrics logged beside it."""
+    return out if isinstance(out, tuple) else (out, {})
 
 
 class _nullcontext:

@@ -1,0 +1,289 @@
+"""Supervised fine-tuning: a checkpoint learns to answer through a chat template, with loss on the assistant's tokens only.
+
+Input: instruction data files (JSON, JSONL (.gz/.zst), Parquet) in the formats users have:
+Alpaca (instruction, input, output), `messages` lists (OpenAI style, multi-turn, optional
+system), ShareGPT (`conversations` with from/value) or prompt/response (LLM Foundry), detected
+per row (`format` forces one); a row that fits none is counted with its reason. `checkpoint` is
+the model to tune: a pretrain (or sft) step of the pipeline, or any Llama checkpoint directory
+whose tokenizer is llmpipe's (it holds the chat role tokens).
+
+Each conversation is rendered as `<|role|>content<|end|>` turns (llmpipe/text/chat_template.py)
+and is one row of a batch, right-padded: no token attends to another example, and only the
+assistant turns' tokens and their <|end|> carry loss (every assistant turn of a multi-turn row).
+A seeded share of the conversations (`val_fraction`, by a hash of their file:row key) is held
+out; their assistant-token loss is measured before training and at every evaluation. The output
+is a plain checkpoint (model.safetensors, config.json, the tokenizer files with the Jinja
+`chat_template` in tokenizer_config.json, so transformers' apply_chat_template gives the ids
+trained on), metrics.jsonl and loss.png; the training loop, checkpoints, exact resume and DDP
+are pretrain's.
+
+    llmpipe sft --input alpaca_en_demo.json --checkpoint runs/pretrain/model --output runs/sft --max-steps 50
+    [steps.sft]
+    inputs = ["data/alpaca_en_demo.json"]
+    checkpoint = "model"      # an earlier step, or a checkpoint directory
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from llmpipe.registry import Plan, Stage
+
+DATA_SUFFIXES = (".json", ".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
+
+
+@dataclass(frozen=True)
+class Params:
+    checkpoint: str = field(default="", metadata={"help": "The model to tune: an earlier pretrain/sft step or a checkpoint directory."})
+    format: Literal["auto", "alpaca", "messages", "sharegpt", "prompt_response", "multiple_choice"] = field(
+        default="auto", metadata={"help": "Data format; auto detects it per row from the fields it has."})
+    max_seq_len: int = field(default=0, metadata={"help": "Tokens per example (longer ones lose their end); 0: the model's context."})
+    batch_size: int = field(default=16, metadata={"help": "Conversations per optimizer step over all ranks; grad accumulation makes up the rest."})
+    micro_batch: int = field(default=8, metadata={"help": "Conversations per forward/backward on one rank."})
+    max_steps: int = field(default=0, metadata={"help": "Optimizer steps; 0: `epochs` passes over the training conversations."})
+    epochs: float = field(default=1.0, metadata={"help": "Passes over the training conversations when max_steps is 0."})
+    lr: float = field(default=3e-4, metadata={"help": "Peak learning rate."})
+    min_lr: float = field(default=3e-5, metadata={"help": "Learning rate at the end of the cosine schedule."})
+    warmup_steps: int = field(default=5, metadata={"help": "Linear warmup steps."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay on matrices."})
+    grad_clip: float = field(default=1.0, metadata={"help": "Clip the global gradient norm to this (0: no clipping)."})
+    val_fraction: float = field(default=0.05, metadata={"help": "Share of conversations held out for validation loss (at least one when there are two or more)."})
+    eval_every: int = field(default=0, metadata={"help": "Steps between validation evaluations (0: before training and at the end only)."})
+    checkpoint_every: int = field(default=0, metadata={"help": "Steps between checkpoints (0: only at the end)."})
+    keep_last: int = field(default=1, metadata={"help": "Checkpoints kept under checkpoints/."})
+    seed: int = field(default=0, metadata={"help": "Seed of the held-out split and of the batch order."})
+    max_bad_fraction: float = field(default=0.1, metadata={"help": "Fail when more than this share of the rows fits no format."})
+    nproc_per_node: int = field(default=1, metadata={"help": "Training processes per node (torchrun, DDP); 1 trains in this process."})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps."})
+
+    def __post_init__(self):
+        if not self.checkpoint:
+            raise ValueError("checkpoint: give the model to fine-tune (a pretrain step or a checkpoint directory)")
+        if min(self.batch_size, self.micro_batch, self.nproc_per_node) < 1 or self.max_steps < 0 or self.max_seq_len < 0:
+            raise ValueError("batch_size: batch_size, micro_batch and nproc_per_node must be at least 1, max_steps and max_seq_len at least 0")
+        if self.batch_size % (self.micro_batch * self.nproc_per_node):
+            raise ValueError(f"batch_size: {self.batch_size} is not a multiple of micro_batch x nproc_per_node = {self.micro_batch * self.nproc_per_node}")
+        if self.max_steps == 0 and not self.epochs > 0:
+            raise ValueError(f"epochs: expected a number above 0 when max_steps is 0, got {self.epochs}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction: expected a number in [0, 1), got {self.val_fraction}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"min_lr: expected a number in [0, lr={self.lr}], got {self.min_lr}")
+        if self.device not in ("auto", "cpu", "cuda", "mps"):
+            raise ValueError(f"device: expected auto, cpu, cuda or mps, got {self.device!r}")
+
+
+def check_chat_checkpoint(path: str, made: bool = True) -> None:
+    """ValueError unless `path` is a model directory whose tokenizer has the chat role tokens.
+
+    made=False: a path an earlier pipeline step has yet to make (or is making) passes; it is checked when the step runs.
+    """
+    from llmpipe.artifacts.layout import MANIFEST, RUN
+    from llmpipe.text.chat_template import role_ids
+    from llmpipe.text.tokenizer import check_tokenizer, load_tokenizer
+
+    p = Path(path)
+    if not made and (not p.exists() or ((p / RUN).exists() and not (p / MANIFEST).exists())):
+        return
+    for name in ("model.safetensors", "config.json"):
+        if not (p / name).is_file():
+            raise ValueError(f"checkpoint: {path} has no {name}; give a pretrain output or a checkpoint directory transformers loads")
+    check_tokenizer(path)
+    role_ids(load_tokenizer(path))
+
+
+def plan(params: Params, inputs) -> Plan:
+    from llmpipe.artifacts.checkpoint import TOKENIZER_FILES
+    from llmpipe.train.dist import check_device
+
+    check_device(params.device, built_only=True)
+    files = [f for inp in inputs for f in inp.files]
+    odd = [f for f in files if not f.endswith(DATA_SUFFIXES)]
+    if odd:
+        raise ValueError(f"inputs: {odd[0]} is not instruction data; sft reads {', '.join(DATA_SUFFIXES)} files")
+    check_chat_checkpoint(params.checkpoint, made=False)
+    tokenizer_files = [f for f in TOKENIZER_FILES if (Path(params.checkpoint) / f).exists()] or list(TOKENIZER_FILES)
+    return Plan(phases=[("train", [{}])], files=["model.safetensors", "config.json", *tokenizer_files, "metrics.jsonl", "loss.png"])
+
+
+def held_out(key: str, seed: int, fraction: float) -> bool:
+    """A conversation's split: a hash of its key and the seed, so adding data keeps the others where they were."""
+    h = int.from_bytes(hashlib.blake2b(f"{seed}\0{key}".encode(), digest_size=8).digest(), "little")
+    return h / 2**64 < fraction
+
+
+def load_examples(files: list[str], p: Params, tokenizer, max_len: int, stats) -> tuple[list, list]:
+    """(train, val) lists of (ids, mask): every conversation rendered and cut to max_len + 1 tokens."""
+    from llmpipe.text.chat_data import read_chat
+    from llmpipe.text.chat_template import render
+
+    conversations = list(read_chat(files, p.format, stats))
+    val_keys = {k for k, _ in conversations if held_out(k, p.seed, p.val_fraction)}
+    if len(conversations) >= 2 and not val_keys and p.val_fraction > 0:  # a small corpus still gets one held-out conversation
+        val_keys = {min((k for k, _ in conversations), key=lambda k: hashlib.blake2b(f"{p.seed}\0{k}".encode()).digest())}
+    if len(val_keys) == len(conversations):
+        val_keys = set()
+    train, val = [], []
+    for key, messages in conversations:
+        ids, mask = render(messages, tokenizer)
+        ids, mask = ids[: max_len + 1], mask[: max_len + 1]  # x and y are one token shorter
+        if not any(mask[1:]):
+            stats.drop("no_assistant_token_within_max_seq_len")
+            continue
+        (val if key in val_keys else train).append((ids, mask))
+    return train, val
+
+
+def batch_tensors(examples: list, pad_id: int, device: str):
+    """x, y [B, T]: right-padded rows; y is x shifted by one with -1 (no loss) outside the assistant's tokens."""
+    import torch
+
+    width = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    learn = torch.zeros((len(examples), width), dtype=torch.bool)
+    for row, (tok, mask) in enumerate(examples):
+        ids[row, : len(tok)] = torch.tensor(tok)
+        learn[row, : len(mask)] = torch.tensor(mask, dtype=torch.bool)
+    x, y = ids[:, :-1], ids[:, 1:].masked_fill(~learn[:, 1:], -1)
+    return x.to(device), y.to(device)
+
+
+def epoch_order(n: int, seed: int, epoch: int):
+    import numpy as np
+
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def step_examples(train: list, step: int, batch_size: int, seed: int, rank: int, world_size: int) -> list:
+    """This rank's conversations of a global step: a pure function of the step (exact resume), disjoint across ranks."""
+    picked, start = [], step * batch_size
+    for i in range(start, start + batch_size):
+        epoch, pos = divmod(i, len(train))
+        picked.append(train[int(epoch_order(len(train), seed, epoch)[pos])])
+    per_rank = batch_size // world_size
+    return picked[rank * per_rank:(rank + 1) * per_rank]
+
+
+def train_task(ctx, task: dict) -> dict:
+    import torch
+
+    from llmpipe.artifacts.checkpoint import write_model_dir
+    from llmpipe.errors import InputError
+    from llmpipe.model import Model
+    from llmpipe.stats import TaskStats, check_bad_fraction
+    from llmpipe.text.chat_template import write_chat_template
+    from llmpipe.text.tokenizer import load_tokenizer
+    from llmpipe.train.dist import check_device, init_distributed, shutdown_distributed
+    from llmpipe.train.loop import LoopConfig, loss_png, train
+    from llmpipe.train.optim import lr_at, make_optimizer
+
+    p: Params = ctx.params
+    try:
+        check_device(p.device)
+        check_chat_checkpoint(p.checkpoint)
+    except ValueError as e:
+        raise InputError(f"{ctx.run['step']} {e}") from None
+    dist = init_distributed(p.device)
+    try:
+        torch.manual_seed(p.seed)
+        model = Model.from_checkpoint(p.checkpoint, device=dist.device)
+        tokenizer = load_tokenizer(p.checkpoint)
+        max_len = min(p.max_seq_len or model.config.max_seq_len, model.config.max_seq_len)
+        stats = TaskStats()
+        train_examples, val_examples = load_examples(ctx.input_files, p, tokenizer, max_len, stats)
+        check_bad_fraction(stats.to_json(), "rows", p.max_bad_fraction, ctx.run["step"])
+        if not train_examples:
+            raise InputError(f"{ctx.run['step']}: no conversation to train on in {len(ctx.input_files)} files (rows: {stats.counts.get('rows', 0)}, "
+                             f"bad: {dict(stats.skipped) or 'none'})")
+        steps = p.max_steps or max(1, math.ceil(p.epochs * len(train_examples) / p.batch_size))
+        accum = p.batch_size // (p.micro_batch * dist.world_size)
+        pad = tokenizer.special.get("pad", 0)
+
+        def micro_batches(step: int):
+            mine = step_examples(train_examples, step, p.batch_size, p.seed, dist.rank, dist.world_size)
+            for k in range(accum):
+                yield batch_tensors(mine[k * p.micro_batch:(k + 1) * p.micro_batch], pad, dist.device)
+
+        def loss_fn(m, batch):
+            return m(batch[0], batch[1])[1]
+
+        eval_fn = None
+        if val_examples:
+            mine = val_examples[dist.rank::dist.world_size]
+
+            def eval_fn(m):
+                sums = torch.zeros(2, dtype=torch.float64, device=dist.device)  # nats, assistant tokens
+                for k in range(0, len(mine), p.micro_batch):
+                    x, y = batch_tensors(mine[k:k + p.micro_batch], pad, dist.device)
+                    logits, _ = m(x)
+                    nats = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1, reduction="sum")
+                    sums += torch.stack([nats.double(), (y != -1).sum().double()])
+                if dist.ddp:
+                    torch.distributed.all_reduce(sums)
+                return {"val_loss": (sums[0] / sums[1]).item()}
+
+        optimizer = make_optimizer(model, p.lr, p.weight_decay, device=dist.device)
+        tokens_per_step = sum(len(ids) for ids, _ in train_examples) * p.batch_size // len(train_examples)  # on average
+        loop = LoopConfig(max_steps=steps, grad_clip=p.grad_clip, eval_every=p.eval_every, checkpoint_every=p.checkpoint_every,
+                          keep_last=p.keep_last, tokens_per_step=tokens_per_step, eval_at_start=True)
+        schedule = lambda step: lr_at(step, lr=p.lr, min_lr=p.min_lr, warmup_steps=p.warmup_steps, max_steps=steps)  # noqa: E731
+        hf_config = model.config.to_hf()
+        evals = train(model, optimizer, schedule, micro_batches, loss_fn, ctx.out, loop, dist, config_json=hf_config, eval_fn=eval_fn)
+        if dist.is_main:
+            write_model_dir(ctx.out, model.state_dict(), hf_config, p.checkpoint)
+            write_chat_template(ctx.out)
+            loss_png(ctx.out / "loss.png", ctx.out / "metrics.jsonl", f"sft: {len(train_examples)} conversations, {steps} steps")
+        metrics = {}
+        if evals:
+            metrics = {"val_loss_before": round(evals[0]["val_loss"], 5), "val_loss": round(evals[-1]["val_loss"], 5)}
+        counts = {"conversations": len(train_examples) + len(val_examples), "train_conversations": len(train_examples),
+                  "val_conversations": len(val_examples), "steps": steps}
+        return {**stats.to_json(), "counts": {**stats.counts, **counts}, "metrics": metrics, "world_size": dist.world_size}
+    finally:
+        shutdown_distributed()
+
+
+def finalize(ctx, stats: dict, records: dict) -> dict:
+    record = records["train"][0]["stats"]
+    counts = record.get("counts", {})
+    result = {"counts": {k: counts[k] for k in ("conversations", "train_conversations", "val_conversations", "steps") if k in counts},
+              "metrics": record.get("metrics", {}), "world_size": record.get("world_size", 1),
+              "stats": {k: record[k] for k in ("counts", "skipped", "dropped", "samples") if k in record}}
+    result["samples"] = chat_samples(ctx.out, ctx.input_files, ctx.params)
+    return result
+
+
+def chat_samples(checkpoint: Path, files: list[str], p: Params, n: int = 2, new_tokens: int = 48) -> list[dict]:
+    """Greedy answers to the first held-out prompts (else the first prompts), through the template, logged and kept."""
+    import torch
+
+    from llmpipe.log import log
+    from llmpipe.model import Model
+    from llmpipe.text.chat_data import read_chat
+    from llmpipe.text.chat_template import render
+    from llmpipe.text.tokenizer import load_tokenizer
+
+    model, tok = Model.from_checkpoint(checkpoint).eval(), load_tokenizer(checkpoint)
+    conversations = list(read_chat(files, p.format))
+    chosen = [c for c in conversations if held_out(c[0], p.seed, p.val_fraction)][:n] or conversations[:n]
+    out = []
+    for key, messages in chosen:
+        prompt = messages[: max(i for i, m in enumerate(messages) if m["role"] == "assistant")]
+        ids, _ = render(prompt, tok, add_generation_prompt=True)
+        ids = ids[-(model.config.max_seq_len - new_tokens):]
+        with torch.no_grad():
+            made = model.generate(torch.tensor([ids]), new_tokens, eos_token_id=tok.special["end"])[0, len(ids):].tolist()
+        answer = tok.sp.decode([t for t in made if t != tok.special["end"]])
+        log(f"sample ({key}): {prompt[-1]['content'][:60]!r} -> {answer!r}")
+        out.append({"key": key, "prompt": prompt[-1]["content"], "answer": answer})
+    return out
+
+
+STAGE = Stage(
+    name="sft", version=1, params=Params, doc=__doc__, plan=plan, run_task={"train": train_task}, finalize=finalize,
+    output_kind="checkpoint", launcher="torchrun", input_kinds=("raw",), path_params=("checkpoint",),
+)

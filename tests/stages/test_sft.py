@@ -1,0 +1,117 @@
+"""sft: loss on assistant tokens only (multi-turn, across batch rows), no attention across examples, held-out
+assistant-token loss falls on real Alpaca data against the base checkpoint, the saved chat template gives the
+trained ids in transformers, and user mistakes are one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import llmpipe
+from tests.conftest import run_cli
+from tests.test_errors import _one_line_error
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("sentencepiece")
+
+TINY = ["--n-layer", "2", "--n-embd", "64", "--n-head", "4", "--n-kv-head", "4", "--seq-len", "256", "--micro-batch", "4",
+        "--batch-tokens", "2048", "--warmup-steps", "2", "--eval-steps", "1", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A tiny base model (context 256) pretrained for 30 steps on the C4 sample, with its tokenizer."""
+    from tests.conftest import SHARED_DATA
+
+    if not (SHARED_DATA / "text" / "c4_demo.jsonl").exists():
+        pytest.skip(f"real data not found at {SHARED_DATA}")
+    tmp = tmp_path_factory.mktemp("sft")
+    llmpipe.run_stage("ingest", [str(SHARED_DATA / "text" / "c4_demo.jsonl")], tmp / "docs")
+    llmpipe.run_stage("train_tokenizer", [str(tmp / "docs")], tmp / "tok", vocab_size=1000, holdout_documents=30)
+    llmpipe.run_stage("tokenize", [str(tmp / "docs")], tmp / "tokens", tokenizer=str(tmp / "tok"), val_fraction=0.1)
+    run_cli("pretrain", "--input", "tokens", "--output", "model", "--tokenizer", "tok", "--max-steps", "30", *TINY, cwd=tmp, check=True)
+    return tmp
+
+
+def _conversation():
+    return [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."},
+            {"role": "assistant", "content": "Blue."}, {"role": "user", "content": "Another one?"},
+            {"role": "assistant", "content": "Green, of course."}]
+
+
+def test_only_assistant_tokens_carry_loss_across_turns_and_rows(base):
+    from llmpipe.text.chat_template import render
+    from llmpipe.text.tokenizer import load_tokenizer
+    from stages.sft import batch_tensors
+
+    tok = load_tokenizer(base / "model")
+    long_ids, long_mask = render(_conversation(), tok)
+    short_ids, short_mask = render([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."}], tok)
+    x, y = batch_tensors([(long_ids, long_mask), (short_ids, short_mask)], pad_id=tok.special["pad"], device="cpu")
+    assert x.shape == y.shape == (2, len(long_ids) - 1)
+    for row, (ids, mask) in enumerate([(long_ids, long_mask), (short_ids, short_mask)]):
+        expected = [t if m else -1 for t, m in zip(ids[1:], mask[1:])] + [-1] * (x.shape[1] - len(ids) + 1)
+        assert y[row].tolist() == expected, "labels are the next token on assistant tokens, -1 elsewhere and on padding"
+    learned = tok.decode([t for t in y[0].tolist() if t != -1])  # <|end|> decodes to nothing
+    assert learned == "Blue. Green, of course.", "both assistant turns (each piece keeps its dummy-prefix space), nothing else"
+    assert sum(t == tok.special["end"] for t in y[0].tolist()) == 2, "each assistant turn's <|end|> is learned"
+
+
+def test_no_attention_across_examples(base):
+    """A row's logits are the same alone and beside a longer row (right padding, causal attention)."""
+    from llmpipe.model import Model
+    from llmpipe.text.chat_template import render
+    from llmpipe.text.tokenizer import load_tokenizer
+    from stages.sft import batch_tensors
+
+    model, tok = Model.from_checkpoint(base / "model").eval(), load_tokenizer(base / "model")
+    a = render(_conversation(), tok)
+    b = render([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}], tok)
+    with torch.no_grad():
+        alone, _ = model(batch_tensors([b], tok.special["pad"], "cpu")[0])
+        together, _ = model(batch_tensors([a, b], tok.special["pad"], "cpu")[0])
+    n = len(b[0]) - 1
+    torch.testing.assert_close(together[1, :n], alone[0, :n], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_sft_on_alpaca_lowers_held_out_assistant_loss(base, shared_data):
+    from transformers import AutoTokenizer
+
+    from llmpipe.text.chat_template import render
+    from llmpipe.text.tokenizer import load_tokenizer
+
+    data = shared_data / "sft" / "alpaca_en_demo.json"
+    res = run_cli("sft", "--input", str(data), "--checkpoint", "model", "--output", "sft", "--max-steps", "60",
+                  "--batch-size", "16", "--micro-batch", "8", "--max-seq-len", "256", "--lr", "3e-3", "--device", "cpu", cwd=base, check=True)
+    m = json.loads((base / "sft" / "_manifest.json").read_text())
+    before, after = m["metrics"]["val_loss_before"], m["metrics"]["val_loss"]
+    print(f"sft on {data.name}: held-out assistant-token loss {before:.3f} -> {after:.3f} nats "
+          f"({m['counts']['train_conversations']} train / {m['counts']['val_conversations']} held-out conversations, 60 steps)")
+    assert after < 0.95 * before, (before, after)
+    cut = m["stats"].get("dropped", {}).get("no_assistant_token_within_max_seq_len", 0)  # a prompt longer than 256 tokens
+    assert m["counts"]["conversations"] + cut == 999 and cut < 10 and 20 <= m["counts"]["val_conversations"] <= 80
+    assert m["stats"]["counts"]["format_alpaca"] == 999 and not m["stats"].get("skipped")
+    assert len(m["samples"]) == 2 and all(s["answer"] for s in m["samples"]), m["samples"]
+    assert "sample (" in res.stderr
+    records = [json.loads(line) for line in (base / "sft" / "metrics.jsonl").read_text().splitlines()]
+    assert records[0] == {"eval": True, "step": 0, "val_loss": pytest.approx(before, abs=1e-5)}, "measured before training"
+    # transformers' apply_chat_template on the saved checkpoint gives the ids sft trained on
+    hf = AutoTokenizer.from_pretrained(str(base / "sft"))
+    tok = load_tokenizer(base / "sft")
+    messages = _conversation()
+    assert hf.apply_chat_template(messages, tokenize=True, return_dict=False) == render(messages, tok)[0]
+    assert hf.apply_chat_template(messages[:-1], tokenize=True, add_generation_prompt=True, return_dict=False) == render(messages[:-1], tok, add_generation_prompt=True)[0]
+
+
+def test_mistakes_are_one_line(base, tmp_path):
+    (tmp_path / "notes.txt").write_text("not instruction data\n")
+    (tmp_path / "data.jsonl").write_text(json.dumps({"instruction": "Say hi", "output": "Hi"}) + "\n")
+    line = _one_line_error(tmp_path, "sft", "--input", "data.jsonl", "--output", "out")
+    assert line == "error: sft --checkpoint: give the model to fine-tune (a pretrain step or a checkpoint directory)"
+    line = _one_line_error(tmp_path, "sft", "--input", "notes.txt", "--output", "out", "--checkpoint", str(base / "model"))
+    assert line == "error: sft inputs: <tmp>/notes.txt is not instruction data; sft reads .json, .jsonl, .jsonl.gz, .jsonl.zst, .parquet files"
+    line = _one_line_error(tmp_path, "sft", "--input", "data.jsonl", "--output", "out", "--checkpoint", str(base / "tok"))
+    assert line == f"error: sft --checkpoint: {base}/tok has no model.safetensors; give a pretrain output or a checkpoint directory transformers loads"
