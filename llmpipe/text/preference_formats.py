@@ -62,6 +62,8 @@ def to_pair(row, fmt: str) -> tuple[list[dict], str, str]:
         raise BadRow("not_an_object", f"a JSON {type(row).__name__}")
     if fmt in KTO_FORMATS:
         raise BadRow("unpaired_row", f"a {fmt} row")
+    if fmt not in _PAIRED:
+        raise ValueError(f"preference format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     prompt, chosen, rejected = _PAIRED[fmt](row)
     _check_prompt(prompt)
     for name, reply in (("chosen", chosen), ("rejected", rejected)):
@@ -77,6 +79,8 @@ def to_kto_example(row, fmt: str) -> tuple[list[dict], str, bool]:
     """(prompt messages, completion, desirable) of a row read as the KTO format `fmt`; BadRow when it has none."""
     if not isinstance(row, dict):
         raise BadRow("not_an_object", f"a JSON {type(row).__name__}")
+    if fmt not in _KTO:  # read_kto turns a paired row into two examples itself
+        raise ValueError(f"KTO format: expected one of {', '.join(KTO_FORMATS)}, got {fmt!r}")
     prompt, completion, label = _KTO[fmt](row)
     _check_prompt(prompt)
     if not completion.strip():
