@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from llmpipe.stats import TaskStats
 from llmpipe.text.chat_formats import FORMATS, REASONS, BadRow, expand_instances, detect_format, to_messages
@@ -49,8 +49,12 @@ def file_kind(path: str | Path) -> str:
     return kind
 
 
-def iter_rows(path: str | Path, stats: TaskStats) -> Iterator[tuple[int, object]]:
-    """(row number from 1, parsed row) for every row of a file; unreadable rows are counted in stats."""
+def iter_rows(path: str | Path, stats: TaskStats, detect: Callable[[object], str | None] = detect_format) -> Iterator[tuple[int, object]]:
+    """(row number from 1, parsed row) for every row of a file; unreadable rows are counted in stats.
+
+    `detect` tells a JSON file holding one row (an object with a format's fields) from an object
+    holding the list of rows: preference_data passes its own.
+    """
     from llmpipe.readers.text import iter_json_lines, open_maybe_compressed
 
     path, kind = os.fspath(path), file_kind(path)
@@ -71,18 +75,18 @@ def iter_rows(path: str | Path, stats: TaskStats) -> Iterator[tuple[int, object]
                 return
             yield from iter_json_lines(path, stats)  # JSON Lines saved as .json, as many datasets are
             return
-        rows = _rows_of(data)
+        rows = _rows_of(data, detect)
         if rows is None:
             stats.skip("bad_json", f"{path}: an object without one list of rows (fields: {', '.join(list(data)[:12])})")
             return
         yield from enumerate(rows, 1)
 
 
-def _rows_of(data) -> list | None:
+def _rows_of(data, detect: Callable[[object], str | None]) -> list | None:
     """The rows of a JSON document: a list, one row (an object with a format's fields), or an object's only list."""
     if isinstance(data, list):
         return data
-    if detect_format(data):
+    if detect(data):
         return [data]
     if isinstance(data, dict):
         lists = [v for v in data.values() if isinstance(v, list)]

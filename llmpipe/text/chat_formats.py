@@ -3,6 +3,8 @@
 Formats (see llmpipe/text/chat_data.py for the files and the list of spellings each accepts):
 alpaca, messages, sharegpt, prompt_response, multiple_choice. A row that cannot become a
 conversation raises BadRow with a reason from REASONS, which readers count instead of failing.
+The message helpers (parse_messages, parse_message, message_text, with_system, check_conversation)
+are shared with preference_formats, so both read messages with the same spellings and rules.
 """
 
 from __future__ import annotations
@@ -34,8 +36,6 @@ class BadRow(ValueError):
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason, self.detail = reason, detail
-
-
 
 
 def detect_format(row) -> str | None:
@@ -79,7 +79,7 @@ def check_conversation(messages: list[dict]) -> None:
         raise BadRow("last_turn_not_assistant", " ".join(roles)[:200])
 
 
-def _text(value, field: str) -> str:
+def message_text(value, field: str) -> str:
     """A message's text: a string, or the joined text parts of an OpenAI content list."""
     if isinstance(value, str):
         return value
@@ -90,21 +90,21 @@ def _text(value, field: str) -> str:
     raise BadRow("wrong_type", f"{field} is a {type(value).__name__}, not text")
 
 
-def _message(role, content, field: str) -> dict:
+def parse_message(role, content, field: str) -> dict:
     name = ROLE_NAMES.get(role.lower()) if isinstance(role, str) else None
     if name is None:
         raise BadRow("unknown_role", f"{field} role {role!r}")
-    return {"role": name, "content": _text(content, f"{field} content")}
+    return {"role": name, "content": message_text(content, f"{field} content")}
 
 
-def _with_system(system, messages: list[dict]) -> list[dict]:
+def with_system(system, messages: list[dict]) -> list[dict]:
     """A non-empty top-level `system` field as the first message; an empty system message dropped."""
     if system is not None and not any(m["role"] == "system" for m in messages):
-        messages = [{"role": "system", "content": _text(system, "system")}, *messages]
+        messages = [{"role": "system", "content": message_text(system, "system")}, *messages]
     return [m for m in messages if m["role"] != "system" or m["content"].strip()]
 
 
-def _message_list(value, field: str, role_key: str, content_key: str) -> list[dict]:
+def parse_messages(value, field: str, role_key: str, content_key: str) -> list[dict]:
     if value is None:
         raise BadRow("missing_field", f"no {field}")
     if not isinstance(value, list):
@@ -117,20 +117,20 @@ def _message_list(value, field: str, role_key: str, content_key: str) -> list[di
             raise BadRow("wrong_type", f"{field}[{i}] is a {type(m).__name__}")
         # ShareGPT exports use from/value, some use role/content inside `conversations`: take either
         role = m.get(role_key, m.get("role"))
-        out.append(_message(role, m.get(content_key, m.get("content")), f"{field}[{i}]"))
+        out.append(parse_message(role, m.get(content_key, m.get("content")), f"{field}[{i}]"))
     return out
 
 
 def _messages(row: dict) -> list[dict]:
-    return _with_system(row.get("system"), _message_list(row.get("messages"), "messages", "role", "content"))
+    return with_system(row.get("system"), parse_messages(row.get("messages"), "messages", "role", "content"))
 
 
 def _sharegpt(row: dict) -> list[dict]:
-    messages = _message_list(row.get("conversations"), "conversations", "from", "value")
+    messages = parse_messages(row.get("conversations"), "conversations", "from", "value")
     chosen = row.get("chosen")
     if isinstance(chosen, dict):  # a preference row: the preferred reply is the turn to learn
-        messages += _message_list([chosen], "chosen", "from", "value")
-    return _with_system(row.get("system"), messages)
+        messages += parse_messages([chosen], "chosen", "from", "value")
+    return with_system(row.get("system"), messages)
 
 
 def _prompt_response(row: dict) -> list[dict]:
@@ -138,14 +138,14 @@ def _prompt_response(row: dict) -> list[dict]:
     prompt, answer = row.get("prompt"), row.get(answer_key)
     if answer is None:
         raise BadRow("no_assistant_turn", f"no {answer_key}")
-    head = _message_list(prompt, "prompt", "role", "content") if isinstance(prompt, list) else [{"role": "user", "content": _text(prompt, "prompt")}]
-    tail = _message_list(answer, answer_key, "role", "content") if isinstance(answer, list) else [{"role": "assistant", "content": _text(answer, answer_key)}]
-    return _with_system(row.get("system"), head + tail)
+    head = parse_messages(prompt, "prompt", "role", "content") if isinstance(prompt, list) else [{"role": "user", "content": message_text(prompt, "prompt")}]
+    tail = parse_messages(answer, answer_key, "role", "content") if isinstance(answer, list) else [{"role": "assistant", "content": message_text(answer, answer_key)}]
+    return with_system(row.get("system"), head + tail)
 
 
 def _alpaca(row: dict) -> list[dict]:
-    instruction = _text(row.get("instruction", ""), "instruction")
-    extra = _text(row.get("input", row.get("context", "")), "input")
+    instruction = message_text(row.get("instruction", ""), "instruction")
+    extra = message_text(row.get("input", row.get("context", "")), "input")
     output = row.get("output", row.get("response"))
     if output is None:
         raise BadRow("no_assistant_turn", "no output")
@@ -153,11 +153,11 @@ def _alpaca(row: dict) -> list[dict]:
     for i, pair in enumerate(row.get("history") or []):
         if not (isinstance(pair, list) and len(pair) == 2):
             raise BadRow("wrong_type", f"history[{i}] is not a [user, assistant] pair")
-        messages += [{"role": "user", "content": _text(pair[0], f"history[{i}]")}, {"role": "assistant", "content": _text(pair[1], f"history[{i}]")}]
+        messages += [{"role": "user", "content": message_text(pair[0], f"history[{i}]")}, {"role": "assistant", "content": message_text(pair[1], f"history[{i}]")}]
     # instruction and input joined by a newline, as LLaMA-Factory does with the same files
     user = "\n".join(part for part in (instruction, extra) if part)
-    messages += [{"role": "user", "content": user}, {"role": "assistant", "content": _text(output, "output")}]
-    return _with_system(row.get("system"), messages)
+    messages += [{"role": "user", "content": user}, {"role": "assistant", "content": message_text(output, "output")}]
+    return with_system(row.get("system"), messages)
 
 
 def _multiple_choice(row: dict) -> list[dict]:
@@ -166,7 +166,7 @@ def _multiple_choice(row: dict) -> list[dict]:
         raise BadRow("wrong_type", "choices is not a list of strings")
     if not isinstance(gold, int) or isinstance(gold, bool) or not 0 <= gold < len(choices):
         raise BadRow("bad_gold", f"gold {gold!r} for {len(choices)} choices")
-    question = _text(row.get("query"), "query") + "\nOptions:" + "".join(f"\n - {c}" for c in choices) + "\nAnswer:"
+    question = message_text(row.get("query"), "query") + "\nOptions:" + "".join(f"\n - {c}" for c in choices) + "\nAnswer:"
     return [{"role": "user", "content": question}, {"role": "assistant", "content": choices[gold]}]
 
 
