@@ -25,7 +25,6 @@ are pretrain's.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,23 +109,14 @@ def plan(params: Params, inputs) -> Plan:
     return Plan(phases=[("train", [{}])], files=["model.safetensors", "config.json", *tokenizer_files, "metrics.jsonl", "loss.png"])
 
 
-def held_out(key: str, seed: int, fraction: float) -> bool:
-    """A conversation's split: a hash of its key and the seed, so adding data keeps the others where they were."""
-    h = int.from_bytes(hashlib.blake2b(f"{seed}\0{key}".encode(), digest_size=8).digest(), "little")
-    return h / 2**64 < fraction
-
-
 def load_examples(files: list[str], p: Params, tokenizer, max_len: int, stats) -> tuple[list, list]:
     """(train, val) lists of (ids, mask): every conversation rendered and cut to max_len + 1 tokens."""
     from llmpipe.text.chat_data import read_chat
     from llmpipe.text.chat_template import render
+    from llmpipe.train.examples import val_keys
 
     conversations = list(read_chat(files, p.format, stats))
-    val_keys = {k for k, _ in conversations if held_out(k, p.seed, p.val_fraction)}
-    if len(conversations) >= 2 and not val_keys and p.val_fraction > 0:  # a small corpus still gets one held-out conversation
-        val_keys = {min((k for k, _ in conversations), key=lambda k: hashlib.blake2b(f"{p.seed}\0{k}".encode()).digest())}
-    if len(val_keys) == len(conversations):
-        val_keys = set()
+    held_out = val_keys([k for k, _ in conversations], p.seed, p.val_fraction)
     train, val = [], []
     for key, messages in conversations:
         ids, mask = render(messages, tokenizer)
@@ -134,38 +124,17 @@ def load_examples(files: list[str], p: Params, tokenizer, max_len: int, stats) -
         if not any(mask[1:]):
             stats.drop("no_assistant_token_within_max_seq_len")
             continue
-        (val if key in val_keys else train).append((ids, mask))
+        (val if key in held_out else train).append((ids, mask))
     return train, val
 
 
 def batch_tensors(examples: list, pad_id: int, device: str):
     """x, y [B, T]: right-padded rows; y is x shifted by one with -1 (no loss) outside the assistant's tokens."""
-    import torch
+    from llmpipe.train.examples import pad_rows
 
-    width = max(len(ids) for ids, _ in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    learn = torch.zeros((len(examples), width), dtype=torch.bool)
-    for row, (tok, mask) in enumerate(examples):
-        ids[row, : len(tok)] = torch.tensor(tok)
-        learn[row, : len(mask)] = torch.tensor(mask, dtype=torch.bool)
+    ids, learn = pad_rows(examples, pad_id)
     x, y = ids[:, :-1], ids[:, 1:].masked_fill(~learn[:, 1:], -1)
     return x.to(device), y.to(device)
-
-
-def epoch_order(n: int, seed: int, epoch: int):
-    import numpy as np
-
-    return np.random.default_rng([seed, epoch]).permutation(n)
-
-
-def step_examples(train: list, step: int, batch_size: int, seed: int, rank: int, world_size: int) -> list:
-    """This rank's conversations of a global step: a pure function of the step (exact resume), disjoint across ranks."""
-    picked, start = [], step * batch_size
-    for i in range(start, start + batch_size):
-        epoch, pos = divmod(i, len(train))
-        picked.append(train[int(epoch_order(len(train), seed, epoch)[pos])])
-    per_rank = batch_size // world_size
-    return picked[rank * per_rank:(rank + 1) * per_rank]
 
 
 def train_task(ctx, task: dict) -> dict:
@@ -178,6 +147,7 @@ def train_task(ctx, task: dict) -> dict:
     from llmpipe.text.chat_template import write_chat_template
     from llmpipe.text.tokenizer import load_tokenizer
     from llmpipe.train.dist import check_device, init_distributed, shutdown_distributed
+    from llmpipe.train.examples import step_examples
     from llmpipe.train.loop import LoopConfig, loss_png, train
     from llmpipe.train.optim import lr_at, make_optimizer
 
@@ -268,8 +238,11 @@ def chat_samples(checkpoint: Path, files: list[str], p: Params, n: int = 2, new_
     from llmpipe.text.tokenizer import load_tokenizer
 
     model, tok = Model.from_checkpoint(checkpoint).eval(), load_tokenizer(checkpoint)
+    from llmpipe.train.examples import val_keys
+
     conversations = list(read_chat(files, p.format))
-    chosen = [c for c in conversations if held_out(c[0], p.seed, p.val_fraction)][:n] or conversations[:n]
+    held_out = val_keys([k for k, _ in conversations], p.seed, p.val_fraction)
+    chosen = [c for c in conversations if c[0] in held_out][:n] or conversations[:n]
     out = []
     for key, messages in chosen:
         prompt = messages[: max(i for i, m in enumerate(messages) if m["role"] == "assistant")]
