@@ -137,6 +137,19 @@ def test_lora_turns_off_the_fused_cpu_block(monkeypatch):
     assert (merged_out - lora_out).abs().max() <= 1e-5
 
 
+def test_a_lora_model_generates_the_same_with_and_without_the_kv_cache():
+    """Cached generation runs the attention projections one by one: the adapters act there too."""
+    model = tiny()
+    plain = model.generate(batch(8, length=10), 12, use_cache=False)
+    apply_lora(model, rank=4, alpha=8)
+    with torch.no_grad():
+        for layer in lora_layers(model).values():
+            layer.lora_B.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(9))
+    cached = model.generate(batch(8, length=10), 12, use_cache=True)
+    assert torch.equal(cached, model.generate(batch(8, length=10), 12, use_cache=False))
+    assert not torch.equal(cached, plain)
+
+
 def test_dropout_acts_in_train_mode_and_not_in_eval_mode():
     torch.manual_seed(0)
     layer = LoRALinear(torch.nn.Linear(16, 12, bias=False), rank=4, alpha=8, dropout=0.5)
