@@ -7,7 +7,7 @@ is: no key map, no permutation (compare torchtitan's from_hf_map + _permute).
 
 The formulas here are what runs on CUDA, under torch.compile and in cached generation. Eager CPU
 training and evaluation run each block as `cpu_ops.block` (same values, one hand-written backward
-pass per block); tests/test_cpu_ops.py holds the two paths equal.
+pass per block) unless a projection is wrapped (LoRA); tests/test_cpu_ops.py holds the two paths equal.
 
 Shapes: B batch, T time (new tokens), S cached + new positions, C n_embd, H heads, K kv heads, D head_dim, V vocab.
 """
@@ -104,8 +104,16 @@ def use_cpu_ops(x) -> bool:
 
 
 def fused_block(x, cache) -> bool:
-    """Whether a block runs as `cpu_ops.block`: eager CPU without a KV cache (training and evaluation)."""
+    """Whether a block runs as `cpu_ops.block`: eager CPU without a KV cache (training and evaluation).
+    `Model.forward` also asks `plain_linears`: the fused ops read the weights, not the modules."""
     return use_cpu_ops(x) and cache is None
+
+
+def plain_linears(*modules) -> bool:
+    """Whether every module is a plain nn.Linear. The fused paths (cpu_ops.block, the one-GEMM q/k/v and
+    gate/up) read `.weight` directly, which would silently bypass a wrapper such as a LoRA layer
+    (llmpipe/train/lora.py); wrapped projections are called as modules instead."""
+    return all(type(m) is nn.Linear for m in modules)
 
 
 class RMSNorm(nn.Module):
@@ -153,8 +161,11 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, cache: list | None = None):
         B, T, C = x.shape
         H, K = self.n_head, self.n_kv_head
-        # one GEMM for q, k and v: fewer, larger kernels (the weights stay the three HF-named parameters)
-        qkv = F.linear(x, torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight)))
+        if plain_linears(self.q_proj, self.k_proj, self.v_proj):
+            # one GEMM for q, k and v: fewer, larger kernels (the weights stay the three HF-named parameters)
+            qkv = F.linear(x, torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight)))
+        else:
+            qkv = torch.cat((self.q_proj(x), self.k_proj(x), self.v_proj(x)), dim=-1)
         q, k, v = qkv.view(B, T, H + 2 * K, self.head_dim).split([H, K, K], dim=2)
         cos, sin = cos[:, None].to(qkv.dtype), sin[:, None].to(qkv.dtype)  # [T, 1, D/2]; bf16 under autocast, as HF
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -188,9 +199,11 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.n_embd, bias=False)
 
     def forward(self, x):
-        # one matmul for gate and up: fewer, larger GEMMs (the weights stay two HF-named parameters)
-        h = F.linear(x, torch.cat((self.gate_proj.weight, self.up_proj.weight)))  # [gate | up]
-        gate, up = h.chunk(2, dim=-1)
+        if plain_linears(self.gate_proj, self.up_proj):
+            # one matmul for gate and up: fewer, larger GEMMs (the weights stay two HF-named parameters)
+            gate, up = F.linear(x, torch.cat((self.gate_proj.weight, self.up_proj.weight))).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
         return self.down_proj(F.silu(gate) * up)
 
 
@@ -202,9 +215,14 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.n_embd, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
+    def projections(self) -> tuple[nn.Module, ...]:
+        a, m = self.self_attn, self.mlp
+        return a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj
+
     def forward(self, x, rope, cache=None):
-        """rope: `cpu_ops.rope_freqs` where `fused_block` holds, else (cos, sin) [T, D/2]."""
-        if fused_block(x, cache):
+        """rope: `cpu_ops.rope_freqs` (a tensor) to run as `cpu_ops.block`, else (cos, sin) [T, D/2]; the caller
+        chooses (`Model.forward`: `fused_block` and plain projections in every block)."""
+        if isinstance(rope, torch.Tensor):
             a, m = self.self_attn, self.mlp
             return cpu_ops.block(x, self.input_layernorm.weight, a.q_proj.weight, a.k_proj.weight, a.v_proj.weight, a.o_proj.weight,
                                  self.post_attention_layernorm.weight, m.gate_proj.weight, m.up_proj.weight, m.down_proj.weight,
@@ -264,7 +282,8 @@ class Model(nn.Module):
         if past + T > self.config.max_seq_len:
             raise ValueError(f"sequence of {past + T} tokens is longer than max_seq_len {self.config.max_seq_len}")
         cos, sin = self.rope_cos[past:past + T].to(idx.device), self.rope_sin[past:past + T].to(idx.device)  # [T, D/2]
-        rope = cpu_ops.rope_freqs(cos, sin, self.config.n_head + self.config.n_kv_head) if fused_block(idx, cache) else (cos, sin)
+        fused = fused_block(idx, cache) and all(plain_linears(*block.projections()) for block in self.model.layers)
+        rope = cpu_ops.rope_freqs(cos, sin, self.config.n_head + self.config.n_kv_head) if fused else (cos, sin)
         x = self.model.embed_tokens(idx)  # [B, T, C]
         for i, block in enumerate(self.model.layers):
             if self.activation_checkpointing and self.training and cache is None:
