@@ -11,4 +11,5 @@ STAGES = {
     "tokenize": "stages.tokenize",
     "pretrain": "stages.pretrain",
     "sft": "stages.sft",
+    "dpo": "stages.dpo",
 }

@@ -26,6 +26,7 @@ max_seq_len loses its beginning (at most half the context stays for it), a compl
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,8 +202,6 @@ def _setup(ctx):
     from llmpipe.train.dist import check_device
     from stages.sft import check_chat_checkpoint
 
-    import json
-
     p: Params = ctx.params
     try:
         check_device(p.device)
@@ -260,8 +259,6 @@ def _reference(out: Path, examples: list[Example]):
 
 def method_loss(p: Params, policy, counts, ref, desirable=None):
     """(losses [B], metrics) of one micro-batch from the policy's and the reference's log-probs [k, B]."""
-    import torch
-
     from llmpipe.train import preference as pref
 
     if p.loss == "kto":

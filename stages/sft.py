@@ -7,6 +7,10 @@ per row (`format` forces one); a row that fits none is counted with its reason. 
 the model to tune: a pretrain (or sft) step of the pipeline, or any Llama checkpoint directory
 whose tokenizer is llmpipe's (it holds the chat role tokens).
 
+`lora_rank` > 0 trains LoRA adapters instead of every weight (llmpipe/train/lora.py, equal to PEFT's):
+they are saved in PEFT's layout under adapter/ (peft.PeftModel.from_pretrained(base, adapter) loads
+them) and merged into the output checkpoint, so every later stage reads one kind of artifact.
+
 Each conversation is rendered as `<|role|>content<|end|>` turns (llmpipe/text/chat_template.py)
 and is one row of a batch, right-padded: no token attends to another example, and only the
 assistant turns' tokens and their <|end|> carry loss (every assistant turn of a multi-turn row).
@@ -55,6 +59,11 @@ class Params:
     checkpoint_every: int = field(default=0, metadata={"help": "Steps between checkpoints (0: only at the end)."})
     keep_last: int = field(default=1, metadata={"help": "Checkpoints kept under checkpoints/."})
     seed: int = field(default=0, metadata={"help": "Seed of the held-out split and of the batch order."})
+    lora_rank: int = field(default=0, metadata={"help": "LoRA rank; 0 fine-tunes every weight. The adapter is kept in adapter/ (PEFT's layout), the checkpoint is merged."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha: the update is scaled by alpha / rank."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input (training only)."})
+    lora_targets: tuple[str, ...] = field(default=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+                                          metadata={"help": "Linear layers that get adapters: short names (q_proj), full names, or all-linear."})
     max_bad_fraction: float = field(default=0.1, metadata={"help": "Fail when more than this share of the rows fits no format."})
     nproc_per_node: int = field(default=1, metadata={"help": "Training processes per node (torchrun, DDP); 1 trains in this process."})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps."})
@@ -74,6 +83,8 @@ class Params:
             raise ValueError(f"min_lr: expected a number in [0, lr={self.lr}], got {self.min_lr}")
         if self.device not in ("auto", "cpu", "cuda", "mps"):
             raise ValueError(f"device: expected auto, cpu, cuda or mps, got {self.device!r}")
+        if self.lora_rank < 0 or not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_rank: expected a rank >= 0 (0: full fine-tuning) and lora_dropout in [0, 1), got {self.lora_rank}, {self.lora_dropout}")
 
 
 def check_chat_checkpoint(path: str, made: bool = True) -> None:
@@ -106,7 +117,8 @@ def plan(params: Params, inputs) -> Plan:
         raise ValueError(f"inputs: {odd[0]} is not instruction data; sft reads {', '.join(DATA_SUFFIXES)} files")
     check_chat_checkpoint(params.checkpoint, made=False)
     tokenizer_files = [f for f in TOKENIZER_FILES if (Path(params.checkpoint) / f).exists()] or list(TOKENIZER_FILES)
-    return Plan(phases=[("train", [{}])], files=["model.safetensors", "config.json", *tokenizer_files, "metrics.jsonl", "loss.png"])
+    adapter = ["adapter/adapter_config.json", "adapter/adapter_model.safetensors"] if params.lora_rank else []
+    return Plan(phases=[("train", [{}])], files=["model.safetensors", "config.json", *tokenizer_files, "metrics.jsonl", "loss.png", *adapter])
 
 
 def load_examples(files: list[str], p: Params, tokenizer, max_len: int, stats) -> tuple[list, list]:
@@ -148,6 +160,7 @@ def train_task(ctx, task: dict) -> dict:
     from llmpipe.text.tokenizer import load_tokenizer
     from llmpipe.train.dist import check_device, init_distributed, shutdown_distributed
     from llmpipe.train.examples import step_examples
+    from llmpipe.train.lora import apply_lora, merge_lora, save_adapter
     from llmpipe.train.loop import LoopConfig, loss_png, train
     from llmpipe.train.optim import lr_at, make_optimizer
 
@@ -161,6 +174,11 @@ def train_task(ctx, task: dict) -> dict:
     try:
         torch.manual_seed(p.seed)
         model = Model.from_checkpoint(p.checkpoint, device=dist.device)
+        if p.lora_rank:  # before the optimizer (it takes the trainable parameters) and before a resume loads the adapters
+            try:
+                apply_lora(model, p.lora_rank, p.lora_alpha, p.lora_dropout, p.lora_targets)
+            except ValueError as e:
+                raise InputError(f"{ctx.run['step']} lora_targets: {e}") from None
         tokenizer = load_tokenizer(p.checkpoint)
         max_len = min(p.max_seq_len or model.config.max_seq_len, model.config.max_seq_len)
         stats = TaskStats()
@@ -197,6 +215,7 @@ def train_task(ctx, task: dict) -> dict:
                 return {"val_loss": (sums[0] / sums[1]).item()}
 
         optimizer = make_optimizer(model, p.lr, p.weight_decay, device=dist.device)
+        trainable = sum(t.numel() for t in model.parameters() if t.requires_grad)
         tokens_per_step = sum(len(ids) for ids, _ in train_examples) * p.batch_size // len(train_examples)  # on average
         loop = LoopConfig(max_steps=steps, grad_clip=p.grad_clip, eval_every=p.eval_every, checkpoint_every=p.checkpoint_every,
                           keep_last=p.keep_last, tokens_per_step=tokens_per_step, eval_at_start=True)
@@ -204,6 +223,9 @@ def train_task(ctx, task: dict) -> dict:
         hf_config = model.config.to_hf()
         evals = train(model, optimizer, schedule, micro_batches, loss_fn, ctx.out, loop, dist, config_json=hf_config, eval_fn=eval_fn)
         if dist.is_main:
+            if p.lora_rank:  # the adapter for PEFT users, then one plain checkpoint for every later stage
+                save_adapter(model, ctx.out / "adapter", base_model_name_or_path=str(Path(p.checkpoint).resolve()))
+                merge_lora(model)
             write_model_dir(ctx.out, model.state_dict(), hf_config, p.checkpoint)
             write_chat_template(ctx.out)
             loss_png(ctx.out / "loss.png", ctx.out / "metrics.jsonl", f"sft: {len(train_examples)} conversations, {steps} steps")
@@ -211,7 +233,7 @@ def train_task(ctx, task: dict) -> dict:
         if evals:
             metrics = {"val_loss_before": round(evals[0]["val_loss"], 5), "val_loss": round(evals[-1]["val_loss"], 5)}
         counts = {"conversations": len(train_examples) + len(val_examples), "train_conversations": len(train_examples),
-                  "val_conversations": len(val_examples), "steps": steps}
+                  "val_conversations": len(val_examples), "steps": steps, "trainable_parameters": trainable}
         return {**stats.to_json(), "counts": {**stats.counts, **counts}, "metrics": metrics, "world_size": dist.world_size}
     finally:
         shutdown_distributed()
@@ -220,7 +242,7 @@ def train_task(ctx, task: dict) -> dict:
 def finalize(ctx, stats: dict, records: dict) -> dict:
     record = records["train"][0]["stats"]
     counts = record.get("counts", {})
-    result = {"counts": {k: counts[k] for k in ("conversations", "train_conversations", "val_conversations", "steps") if k in counts},
+    result = {"counts": {k: counts[k] for k in ("conversations", "train_conversations", "val_conversations", "steps", "trainable_parameters") if k in counts},
               "metrics": record.get("metrics", {}), "world_size": record.get("world_size", 1),
               "stats": {k: record[k] for k in ("counts", "skipped", "dropped", "samples") if k in record}}
     result["samples"] = chat_samples(ctx.out, ctx.input_files, ctx.params)

@@ -70,3 +70,23 @@ SLURM_MARKS = [
     pytest.mark.slow,
     pytest.mark.skipif(not slurm_up(), reason="no Slurm cluster is up here (run .ci/start-slurm.sh as root to start one)"),
 ]
+
+
+TINY_PRETRAIN = ["--n-layer", "2", "--n-embd", "64", "--n-head", "4", "--n-kv-head", "4", "--seq-len", "256", "--micro-batch", "4",
+                 "--batch-tokens", "2048", "--warmup-steps", "2", "--eval-steps", "1", "--device", "cpu"]
+
+
+@pytest.fixture(scope="session")
+def chat_base(tmp_path_factory) -> Path:
+    """A tiny base model (context 256, vocabulary 1000 with the chat role tokens) pretrained for 30 steps on
+    the C4 sample, at <dir>/model, its tokenizer at <dir>/tok: what sft, dpo and chat tests start from."""
+    import llmpipe
+
+    if not (SHARED_DATA / "text" / "c4_demo.jsonl").exists():
+        pytest.skip(f"real data not found at {SHARED_DATA}")
+    tmp = tmp_path_factory.mktemp("chat_base")
+    llmpipe.run_stage("ingest", [str(SHARED_DATA / "text" / "c4_demo.jsonl")], tmp / "docs")
+    llmpipe.run_stage("train_tokenizer", [str(tmp / "docs")], tmp / "tok", vocab_size=1000, holdout_documents=30)
+    llmpipe.run_stage("tokenize", [str(tmp / "docs")], tmp / "tokens", tokenizer=str(tmp / "tok"), val_fraction=0.1)
+    run_cli("pretrain", "--input", "tokens", "--output", "model", "--tokenizer", "tok", "--max-steps", "30", *TINY_PRETRAIN, cwd=tmp, check=True)
+    return tmp

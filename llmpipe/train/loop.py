@@ -96,7 +96,7 @@ def train(
     """Train `model` to cfg.max_steps, resuming from the newest checkpoint in out/checkpoints; returns the eval records.
 
     micro_batches(step) yields this rank's micro-batches of an optimizer step; loss_fn(model, batch)
-    -> loss (the mean over the micro-batch), or (loss, {name: scalar tensor}) whose metrics are
+    -> loss (the mean over the micro-batch), or (loss, {name: number or scalar tensor}) whose metrics are
     averaged over micro-batches and ranks and logged; eval_fn(model) -> dict of metrics, run on every rank.
     """
     import torch
@@ -174,7 +174,7 @@ def train(
                 loss.backward()
             total += loss.detach()
             for name, value in metrics.items():
-                extra[name] = extra.get(name, 0) + value.detach().float() / len(batches)
+                extra[name] = extra.get(name, 0) + torch.as_tensor(value, dtype=torch.float32, device=dist.device).detach() / len(batches)
         if dist.ddp:
             torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.AVG)
             if extra:
@@ -214,7 +214,7 @@ def train(
 
 
 def _loss_and_metrics(out) -> tuple:
-    """loss_fn returns the loss, or (loss, {name: scalar tensor}) for metrics logged beside it."""
+    """loss_fn returns the loss, or (loss, {name: number or scalar tensor}) for metrics logged beside it."""
     return out if isinstance(out, tuple) else (out, {})
 
 

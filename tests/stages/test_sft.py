@@ -5,34 +5,18 @@ trained ids in transformers, and user mistakes are one line."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-import llmpipe
 from tests.conftest import run_cli
 from tests.test_errors import _one_line_error
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("sentencepiece")
 
-TINY = ["--n-layer", "2", "--n-embd", "64", "--n-head", "4", "--n-kv-head", "4", "--seq-len", "256", "--micro-batch", "4",
-        "--batch-tokens", "2048", "--warmup-steps", "2", "--eval-steps", "1", "--device", "cpu"]
-
-
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    """A tiny base model (context 256) pretrained for 30 steps on the C4 sample, with its tokenizer."""
-    from tests.conftest import SHARED_DATA
-
-    if not (SHARED_DATA / "text" / "c4_demo.jsonl").exists():
-        pytest.skip(f"real data not found at {SHARED_DATA}")
-    tmp = tmp_path_factory.mktemp("sft")
-    llmpipe.run_stage("ingest", [str(SHARED_DATA / "text" / "c4_demo.jsonl")], tmp / "docs")
-    llmpipe.run_stage("train_tokenizer", [str(tmp / "docs")], tmp / "tok", vocab_size=1000, holdout_documents=30)
-    llmpipe.run_stage("tokenize", [str(tmp / "docs")], tmp / "tokens", tokenizer=str(tmp / "tok"), val_fraction=0.1)
-    run_cli("pretrain", "--input", "tokens", "--output", "model", "--tokenizer", "tok", "--max-steps", "30", *TINY, cwd=tmp, check=True)
-    return tmp
+def base(chat_base):
+    return chat_base
 
 
 def _conversation():
@@ -115,3 +99,28 @@ def test_mistakes_are_one_line(base, tmp_path):
     assert line == "error: sft inputs: <tmp>/notes.txt is not instruction data; sft reads .json, .jsonl, .jsonl.gz, .jsonl.zst, .parquet files"
     line = _one_line_error(tmp_path, "sft", "--input", "data.jsonl", "--output", "out", "--checkpoint", str(base / "tok"))
     assert line == f"error: sft --checkpoint: {base}/tok has no model.safetensors; give a pretrain output or a checkpoint directory transformers loads"
+
+
+def test_lora_sft_saves_a_peft_adapter_and_a_merged_checkpoint(base, shared_data):
+    """Item 5 through the stage: trainable parameters = the formula; PEFT's model on the base checkpoint with the
+    saved adapter gives the merged checkpoint's logits (to 1e-5)."""
+    peft = pytest.importorskip("peft", reason="peft is a compared peer (the compare extra)")
+    from transformers import AutoModelForCausalLM
+
+    from llmpipe.model import Model
+    from llmpipe.train.lora import lora_parameter_count
+
+    run_cli("sft", "--input", str(shared_data / "sft" / "alpaca_en_demo.json"), "--checkpoint", "model", "--output", "lora",
+            "--max-steps", "3", "--lora-rank", "4", "--lora-alpha", "8", "--lr", "1e-2", "--max-seq-len", "128", "--device", "cpu",
+            cwd=base, check=True)
+    m = json.loads((base / "lora" / "_manifest.json").read_text())
+    merged = Model.from_checkpoint(base / "lora")
+    assert m["counts"]["trainable_parameters"] == lora_parameter_count(merged.config, 4)
+    ids = torch.tensor([[5, 17, 99, 230, 7, 41]])
+    hf = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(base / "model")), str(base / "lora" / "adapter")).eval()
+    with torch.no_grad():
+        ours, _ = merged.eval()(ids)
+        theirs = hf(ids).logits
+        plain, _ = Model.from_checkpoint(base / "model").eval()(ids)
+    assert (ours - plain).abs().max() > 1e-3, "the adapter changed the model"
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
