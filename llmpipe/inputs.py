@@ -86,9 +86,9 @@ def _visible_files(root: Path) -> tuple[list[str], list[str]]:
 
 
 def _check_embedded(ref: str, where: str) -> None:
-    from llmpipe.readers.embedded import SOURCES
+    from llmpipe.readers.embedded import CHAT_SOURCES, SOURCES
 
-    known = [EMBEDDED_PREFIX + s for s in SOURCES]
+    known = [EMBEDDED_PREFIX + s for s in SOURCES + CHAT_SOURCES]
     if ref not in known:
         hint = did_you_mean(ref, known) or f"; choose one of {', '.join(known)}"
         raise InputError(f'{where}: unknown embedded source "{ref}"{hint}')

@@ -107,7 +107,7 @@ def plan(params: Params, inputs) -> Plan:
 
     check_device(params.device, built_only=True)
     files = [f for inp in inputs for f in inp.files]
-    odd = [f for f in files if not f.endswith(DATA_SUFFIXES)]
+    odd = [f for f in files if not f.endswith(DATA_SUFFIXES) and not f.startswith("embedded:")]
     if odd:
         raise ValueError(f"inputs: {odd[0]} is not preference data; dpo reads {', '.join(DATA_SUFFIXES)} files")
     check_chat_checkpoint(params.checkpoint, made=False)

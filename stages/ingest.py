@@ -40,6 +40,7 @@ from llmpipe.artifacts.documents import DocumentWriter
 from llmpipe.artifacts.layout import part_name
 from llmpipe.errors import DataError
 from llmpipe.inputs import EMBEDDED_PREFIX
+from llmpipe.readers.embedded import CHAT_SOURCES
 from llmpipe.log import log
 from llmpipe.registry import Plan, Stage
 from llmpipe.stats import TaskStats, check_bad_fraction
@@ -94,6 +95,8 @@ def plan(params: Params, inputs) -> Plan:
     tasks = []
     for inp in inputs:
         if inp.kind == "embedded":
+            if inp.path.removeprefix(EMBEDDED_PREFIX) in CHAT_SOURCES:
+                raise ValueError(f"inputs: {inp.path} holds fine-tuning rows, not documents; give it to sft or dpo")
             tasks.append({"source": inp.path})
             continue
         name = os.path.normpath(inp.path)  # the input as given: documents' source, and part of their stable ids

@@ -41,6 +41,11 @@ def test_quickstart_pipeline_end_to_end(tmp_path):
     words = {w.lower() for text in model["samples"].values() for w in re.findall(r"[A-Za-z]{2,}", text)}
     assert len(words & corpus) >= 10, model["samples"]
     assert "sample (greedy):" in first.stderr
+    # fine-tuned into a chat model: held-out answer loss falls, held-out preferences are learned
+    sft, dpo = manifests["sft"], manifests["dpo"]
+    assert sft["metrics"]["val_loss"] < 0.85 * sft["metrics"]["val_loss_before"], sft["metrics"]
+    assert all(s["answer"] for s in sft["samples"]), sft["samples"]
+    assert dpo["metrics"]["eval_rewards/accuracies"] >= 0.8, dpo["metrics"]
     assert first.stderr.count("running") == len(steps)
     second = run_cli("run", str(pipeline), cwd=tmp_path, check=True)
     assert second.stderr.count("fresh, skipped") == len(steps)

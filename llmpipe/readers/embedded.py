@@ -1,8 +1,12 @@
 """Real text that every Python install carries, so the quickstart needs no download.
 
-    embedded:python-docs        the pydoc topics (the language reference and library guide text)
-    embedded:stdlib-docstrings  module, class and function docstrings of the standard library
-    embedded:package-docs       long descriptions (READMEs) of the installed packages
+Documents (for ingest):
+    embedded:python-docs          the pydoc topics (the language reference and library guide text)
+    embedded:stdlib-docstrings    module, class and function docstrings of the standard library
+    embedded:package-docs         long descriptions (READMEs) of the installed packages
+Fine-tuning rows (for sft and dpo), from the public functions and classes of the standard library:
+    embedded:python-qa            Alpaca rows: "What does json.dumps do?" -> the first paragraph of its docstring
+    embedded:python-preferences   pairs: that answer (chosen) against its words scrambled (rejected)
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import sysconfig
 from typing import Iterator
 
 SOURCES = ("python-docs", "stdlib-docstrings", "package-docs")
+CHAT_SOURCES = ("python-qa", "python-preferences")
 
 
 def iter_embedded(name: str) -> Iterator[dict]:
@@ -78,3 +83,52 @@ def _package_docs() -> Iterator[dict]:
         text = dist.metadata.get_payload() or dist.metadata.get("Description") or ""
         if len(text.strip()) > 200:
             yield {"id": f"package-docs/{name}", "text": text, "url": f"pypi:{name}", "source": "package-docs", "metadata": None}
+
+
+def iter_embedded_rows(name: str) -> Iterator[dict]:
+    """The rows of a fine-tuning source (CHAT_SOURCES), in a stable order."""
+    answers = list(_stdlib_answers())
+    if name == "python-qa":
+        for question, answer in answers:
+            yield {"instruction": question, "input": "", "output": answer}
+    elif name == "python-preferences":
+        # the rejected answer is the same words scrambled (seeded per row): a contrast a small model can learn
+        # and carry to held-out questions (an answer about another name needs knowledge a tiny model lacks)
+        import random
+
+        for k, (question, answer) in enumerate(answers):
+            words = answer.split()
+            scrambled = words[:]
+            random.Random(k).shuffle(scrambled)
+            if scrambled == words:  # a rotation always differs when the words do
+                scrambled = words[1:] + words[:1]
+            if scrambled != words:
+                yield {"prompt": question, "chosen": answer, "rejected": " ".join(scrambled)}
+    else:
+        raise ValueError(f'unknown embedded source "{name}"; choose one of {", ".join(CHAT_SOURCES)}')
+
+
+def _stdlib_answers() -> Iterator[tuple[str, str]]:
+    """(question, answer) for each public top-level function and class of the public stdlib modules whose
+    docstring opens with a paragraph of 40 to 300 characters (1,497 in Python 3.11)."""
+    import re
+
+    root = sysconfig.get_paths()["stdlib"]
+    skip = {"site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3", "__pycache__"}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in skip and not d.startswith((".", "_")))
+        for fname in sorted(f for f in filenames if f.endswith(".py") and not f.startswith("_") or f == "__init__.py"):
+            module = os.path.relpath(os.path.join(dirpath, fname), root)[: -len(".py")].replace(os.sep, ".").removesuffix(".__init__")
+            if module == "__init__":
+                continue
+            try:
+                with open(os.path.join(dirpath, fname), encoding="utf-8") as f:
+                    tree = ast.parse(f.read())
+            except (SyntaxError, UnicodeDecodeError, ValueError, OSError):
+                continue
+            for node in tree.body:
+                if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_") and ast.get_docstring(node):
+                    answer = re.sub(r"\s+", " ", ast.get_docstring(node).split("\n\n")[0]).strip()
+                    if 40 <= len(answer) <= 300:
+                        what = "What is" if isinstance(node, ast.ClassDef) else "What does"
+                        yield f"{what} {module}.{node.name}{'' if what == 'What is' else ' do'}?", answer

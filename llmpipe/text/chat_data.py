@@ -57,6 +57,11 @@ def iter_rows(path: str | Path, stats: TaskStats, detect: Callable[[object], str
     """
     from llmpipe.readers.text import iter_json_lines, open_maybe_compressed
 
+    if os.fspath(path).startswith("embedded:"):  # fine-tuning rows that ship with Python (readers/embedded.py)
+        from llmpipe.readers.embedded import iter_embedded_rows
+
+        yield from enumerate(iter_embedded_rows(os.fspath(path).removeprefix("embedded:")), 1)
+        return
     path, kind = os.fspath(path), file_kind(path)
     if kind == "jsonl":
         yield from iter_json_lines(path, stats)
