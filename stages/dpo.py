@@ -16,7 +16,8 @@ rewards/accuracies, rewards/margins, logps/chosen, logps/rejected, kl for KTO) a
 pairs (eval_ prefixed), measured before training and at every evaluation. A prompt too long for
 max_seq_len loses its beginning (at most half the context stays for it), a completion its end.
 
-    llmpipe dpo --input dpo_en_demo.json --checkpoint runs/sft --output runs/dpo --max-steps 50
+    llmpipe dpo --input embedded:python-preferences --checkpoint runs/pretrain/sft --output runs/dpo --max-steps 10
+    llmpipe dpo --input dpo_en_demo.json --checkpoint runs/pretrain/sft --output runs/simpo --loss simpo
     [steps.dpo]
     inputs = ["data/preferences.jsonl"]
     checkpoint = "sft"

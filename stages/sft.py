@@ -21,7 +21,8 @@ is a plain checkpoint (model.safetensors, config.json, the tokenizer files with 
 trained on), metrics.jsonl and loss.png; the training loop, checkpoints, exact resume and DDP
 are pretrain's.
 
-    llmpipe sft --input alpaca_en_demo.json --checkpoint runs/pretrain/model --output runs/sft --max-steps 50
+    llmpipe sft --input embedded:python-qa --checkpoint runs/pretrain/model --output runs/sft --max-steps 50
+    llmpipe sft --input alpaca_en_demo.json --checkpoint runs/pretrain/model --output runs/sft-lora --lora-rank 8
     [steps.sft]
     inputs = ["data/alpaca_en_demo.json"]
     checkpoint = "model"      # an earlier step, or a checkpoint directory
