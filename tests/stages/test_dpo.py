@@ -87,3 +87,16 @@ def test_mistakes_are_one_line(chat_base, tmp_path, shared_data):
     assert line == "error: dpo --reference: loss = 'simpo' is reference-free; drop reference or choose a reference-based loss"
     line = _one_line_error(tmp_path, "dpo", "--input", data, "--output", "out", "--checkpoint", str(chat_base / "model"), "--format", "alpaca")
     assert line.startswith("error: dpo --format: expected auto or one of paired, ")
+
+
+@pytest.mark.slow
+def test_finetune_pipeline_runs_sft_then_dpo(chat_base):
+    """pipelines/finetune.toml as users copy it, pointed at a base model and shortened with --set."""
+    from tests.conftest import REPO
+
+    run_cli("run", str(REPO / "pipelines" / "finetune.toml"), "--set", f"sft.checkpoint={chat_base / 'model'}",
+            "--set", "sft.max_steps=3", "--set", "sft.eval_every=0", "--set", "dpo.max_steps=2", "--set", "dpo.eval_every=0",
+            cwd=chat_base, check=True)
+    sft, dpo = (_manifest(chat_base / "runs" / "finetune" / name) for name in ("sft", "dpo"))
+    assert sft["counts"]["steps"] == 3 and dpo["counts"]["steps"] == 2
+    assert dpo["param_fingerprints"]["checkpoint"] == sft["content_hash"], "dpo reads the sft step's output"
