@@ -5,6 +5,7 @@ trained ids in transformers, and user mistakes are one line."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -124,3 +125,50 @@ def test_lora_sft_saves_a_peft_adapter_and_a_merged_checkpoint(base, shared_data
         plain, _ = Model.from_checkpoint(base / "model").eval()(ids)
     assert (ours - plain).abs().max() > 1e-3, "the adapter changed the model"
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def _sft_cmd(data, out, *extra):
+    import sys
+
+    return [sys.executable, "-m", "llmpipe", "sft", "--input", str(data), "--checkpoint", "model", "--output", out, "--max-seq-len", "128",
+            "--batch-size", "8", "--micro-batch", "4", "--lr", "1e-3", "--device", "cpu", "--val-fraction", "0", *extra]
+
+
+def _losses(out: Path) -> list[float]:
+    return [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if not r.get("eval")]
+
+
+@pytest.mark.slow
+def test_killed_sft_resumes_with_the_same_losses(base, shared_data):
+    import signal
+    import subprocess
+    import time
+
+    data = shared_data / "sft" / "alpaca_en_demo.json"
+    subprocess.run(_sft_cmd(data, "full", "--max-steps", "30", "--checkpoint-every", "10"), cwd=base, check=True, capture_output=True)
+    proc = subprocess.Popen(_sft_cmd(data, "killed", "--max-steps", "30", "--checkpoint-every", "10"), cwd=base,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (base / "killed" / "checkpoints" / "step-10").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (base / "killed" / "_manifest.json").exists(), "killed before the end"
+    resumed = subprocess.run(_sft_cmd(data, "killed", "--max-steps", "30", "--checkpoint-every", "10"), cwd=base, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr
+    assert _losses(base / "killed") == _losses(base / "full") and len(_losses(base / "full")) == 30
+
+
+@pytest.mark.slow
+def test_two_process_ddp_sft_matches_one_process(base, shared_data):
+    """2 ranks x 1 micro-batch of 4 conversations = 1 process x 2 micro-batches of 4: the same loss per step."""
+    import subprocess
+
+    data = shared_data / "sft" / "alpaca_en_demo.json"
+    subprocess.run(_sft_cmd(data, "one", "--max-steps", "6"), cwd=base, check=True, capture_output=True)
+    two = subprocess.run(_sft_cmd(data, "two", "--max-steps", "6", "--nproc-per-node", "2"), cwd=base, capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr
+    a, b = _losses(base / "one"), _losses(base / "two")
+    assert len(a) == len(b) == 6 and max(abs(x - y) for x, y in zip(a, b)) < 1e-4, (a, b)
+    assert json.loads((base / "two" / "_manifest.json").read_text())["world_size"] == 2
