@@ -230,16 +230,25 @@ def reference_task(ctx, task: dict) -> dict:
     from llmpipe.artifacts.layout import atomic_path
     from llmpipe.model import Model
 
+    from llmpipe.train.dist import init_distributed, shutdown_distributed
+
     p, tokenizer, _, train, val, _ = _setup(ctx)
-    model = Model.from_checkpoint(p.reference or p.checkpoint).eval()
     examples = train + val
-    parts = []
-    with torch.no_grad():
-        for k in range(0, len(examples), p.micro_batch):
-            parts.append(completion_logps(model, examples[k:k + p.micro_batch], tokenizer.special.get("pad", 0), "cpu")[0])
-    logps = torch.cat(parts, dim=1).double()  # [completions per example, examples]
-    with atomic_path(ctx.out / REFERENCE_FILE) as tmp:
-        save_tensors({"logps": logps.contiguous()}, tmp, metadata={"keys": _keys_digest(examples)})
+    dist = init_distributed(p.device)
+    try:
+        if dist.is_main:  # one pass, in fp32 on the training device; under torchrun the other ranks wait
+            model = Model.from_checkpoint(p.reference or p.checkpoint, device=dist.device).eval()
+            parts = []
+            with torch.no_grad():
+                for k in range(0, len(examples), p.micro_batch):
+                    parts.append(completion_logps(model, examples[k:k + p.micro_batch], tokenizer.special.get("pad", 0), dist.device)[0].cpu())
+            logps = torch.cat(parts, dim=1).double()  # [completions per example, examples]
+            with atomic_path(ctx.out / REFERENCE_FILE) as tmp:
+                save_tensors({"logps": logps.contiguous()}, tmp, metadata={"keys": _keys_digest(examples)})
+        if dist.ddp:
+            torch.distributed.barrier()
+    finally:
+        shutdown_distributed()
     return {"counts": {"reference_examples": len(examples)}}
 
 
