@@ -35,14 +35,22 @@ def inspect_artifact(path: Path, rows: int = 3) -> None:
 
 
 def _show_checkpoint(m: dict) -> None:
-    """What the model learned: validation bits per byte and the samples written at the end of training."""
+    """What the model learned: its validation figures (bits per byte for pretrain; held-out loss or reward
+    accuracy for sft and dpo, before -> after) and the samples written at the end of training."""
     metrics = m.get("metrics", {})
-    if "val_bpb" in metrics:
-        loss = f"  (val loss {metrics['val_loss']:.4f})" if "val_loss" in metrics else ""
-        console.print(f"val bits per byte: {metrics['val_bpb']:.4f}{loss}")
+    if m.get("stage") == "pretrain":
+        if "val_bpb" in metrics:
+            loss = f"  (val loss {metrics['val_loss']:.4f})" if "val_loss" in metrics else ""
+            console.print(f"val bits per byte: {metrics['val_bpb']:.4f}{loss}")
+        else:
+            console.print("val bits per byte: not measured (the tokens have no validation split; see tokenize --val-fraction)")
     else:
-        console.print("val bits per byte: not measured (the tokens have no validation split; see tokenize --val-fraction)")
-    for name, text in m.get("samples", {}).items():
+        for name, value in metrics.items():
+            if not name.endswith("_before"):
+                before = metrics.get(f"{name}_before")
+                console.print(f"{name}: {f'{before:.4f} -> ' if before is not None else ''}{value:.4f}")
+    samples = m.get("samples", {})
+    for name, text in samples.items() if isinstance(samples, dict) else ((s["key"], f"{s['prompt']} -> {s['answer']}") for s in samples):
         console.print(f"sample ({name}): {escape(repr(text))}")
 
 

@@ -105,10 +105,14 @@ def run_pipeline(
 
 
 def headline(manifest: dict) -> str:
-    """The one figure a user looks for first in an artifact: documents kept, tokens, val bits per byte."""
+    """The one figure a user looks for first in an artifact: documents kept, tokens, val bits per byte, held-out loss or accuracy."""
     counts, metrics = manifest.get("counts", {}), manifest.get("metrics", {})
     if "val_bpb" in metrics:
         return f"val bits per byte {metrics['val_bpb']:.3f}"
+    if "eval_rewards/accuracies" in metrics:  # dpo: what the held-out pairs say
+        return f"held-out reward accuracy {metrics.get('eval_rewards/accuracies_before', 0):.2f} -> {metrics['eval_rewards/accuracies']:.2f}"
+    if "val_loss_before" in metrics:  # sft: held-out loss on the assistant's tokens
+        return f"held-out answer loss {metrics['val_loss_before']:.2f} -> {metrics['val_loss']:.2f}"
     if manifest.get("output_kind") == "tokens" and "train_tokens" in counts:
         return f"tokens {counts['train_tokens']:,} train, {counts.get('val_tokens', 0):,} val"
     if manifest.get("output_kind") == "tokenizer" and "vocab_size" in manifest.get("params", {}):
