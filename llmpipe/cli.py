@@ -188,14 +188,25 @@ def inspect(artifact, rows):
     inspect_artifact(artifact, rows)
 
 
+def sampling_options(command):
+    """The sampling flags of generate and chat: one list, so the two commands never drift apart."""
+    options = [
+        click.option("--max-new-tokens", default=64, show_default=True, type=click.IntRange(min=0),
+                     help="Tokens to generate (per answer in chat; fewer when the model's context fills up)."),
+        click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0), help="0 is greedy; above 0 samples."),
+        click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+                     help="Nucleus sampling: keep the smallest set of tokens with this much probability (0 < p <= 1)."),
+        click.option("--seed", default=0, show_default=True, help="Sampling seed."),
+    ]
+    for option in reversed(options):  # click lists options in decoration order, bottom up
+        command = option(command)
+    return command
+
+
 @cli.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--prompt", default="", help="Text to continue.")
-@click.option("--max-new-tokens", default=64, show_default=True, type=click.IntRange(min=0), help="Tokens to generate (fewer when the model's context fills up).")
-@click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0), help="0 is greedy; above 0 samples.")
-@click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True),
-              help="Nucleus sampling: keep the smallest set of tokens with this much probability (0 < p <= 1).")
-@click.option("--seed", default=0, show_default=True, help="Sampling seed.")
+@sampling_options
 def generate(checkpoint, prompt, max_new_tokens, temperature, top_p, seed):
     """Continue a prompt with a pretrain checkpoint (KV cache; greedy or top-p)."""
     from llmpipe.generate import generate as run_generation, load_for_generation
@@ -206,6 +217,22 @@ def generate(checkpoint, prompt, max_new_tokens, temperature, top_p, seed):
     if out.stopped_at_context:  # after the text, so nothing generated is lost
         click.echo(f"note: stopped after {out.new_tokens} of {max_new_tokens} new tokens: the model's context of {out.context} tokens "
                    "is full (prompt and bos included)", err=True)
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--message", default=None, help="Answer this one message on stdout and exit (for scripts).")
+@click.option("--system", default=None, help="System message that opens the conversation.")
+@sampling_options
+def chat(checkpoint, message, system, max_new_tokens, temperature, top_p, seed):
+    """Talk to a chat checkpoint (sft or dpo output) through its chat template; answers stream as they are made.
+
+    In a terminal: a "> " prompt, /reset starts over, /exit (or Ctrl-D) quits. With piped stdin each
+    non-empty line is a user turn and the answers, one per turn, are all stdout holds.
+    """
+    from llmpipe.chat import run
+
+    sys.exit(run(checkpoint, message, system, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed))
 
 
 @cli.command(hidden=True)

@@ -28,7 +28,7 @@ import json
 import re
 from pathlib import Path
 
-from llmpipe.text.tokenizer import SPECIAL_TOKENS
+from llmpipe.text.tokenizer import SPECIAL_TOKENS, load_tokenizer
 
 ROLES = ("system", "user", "assistant")
 IGNORE_INDEX = -100  # labels that carry no loss (the Hugging Face and PyTorch default)
@@ -152,3 +152,21 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int, max_len: i
         labels[row, :n] = torch.where(keep, ids_t, IGNORE_INDEX)
         attention[row, :n] = 1
     return input_ids, labels, attention
+
+
+def write_generation_config(directory: str | Path) -> None:
+    """Write generation_config.json into a chat checkpoint so transformers' generate() stops at the end of an
+    assistant turn: eos_token_id is [eos, <|end|>] (either ends the answer), with bos and pad beside it.
+
+    Keys already in the file (sampling defaults a user set) are kept; only these three are replaced.
+    """
+    from llmpipe.artifacts.layout import write_json_atomic
+
+    directory = Path(directory)
+    tokenizer = load_tokenizer(directory)
+    end = role_ids(tokenizer)["end"]  # ValueError when the tokenizer has no <|end|>
+    special = tokenizer.special
+    path = directory / "generation_config.json"
+    config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    config.update(bos_token_id=special["bos"], eos_token_id=[special["eos"], end], pad_token_id=special["pad"])
+    write_json_atomic(path, config)
