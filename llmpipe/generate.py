@@ -48,14 +48,10 @@ def load_for_generation(checkpoint: str | Path, tokenizer: str | Path | None = N
     complete=False skips the artifact checks, for the stage's own finalize (the manifest comes after)."""
     if complete:
         check_checkpoint(checkpoint)  # before importing torch: a mistake is told at once
-    from llmpipe.artifacts.checkpoint import load_checkpoint
-    from llmpipe.model import Model, ModelConfig
+    from llmpipe.model import Model
     from llmpipe.text.tokenizer import load_tokenizer
 
-    tensors, config, _, _ = load_checkpoint(checkpoint)
-    model = Model(ModelConfig.from_hf(config))
-    model.load_state_dict(tensors, strict=False)  # lm_head may be tied to the embedding
-    return model.eval(), load_tokenizer(tokenizer or checkpoint)
+    return Model.from_checkpoint(checkpoint).eval(), load_tokenizer(tokenizer or checkpoint)
 
 
 def seeded(seed: int, temperature: float):

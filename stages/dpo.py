@@ -115,7 +115,7 @@ def plan(params: Params, inputs) -> Plan:
     if params.reference:
         check_chat_checkpoint(params.reference, made=False)
     tokenizer_files = [f for f in TOKENIZER_FILES if (Path(params.checkpoint) / f).exists()] or list(TOKENIZER_FILES)
-    out = ["model.safetensors", "config.json", *tokenizer_files, "metrics.jsonl", "loss.png"]
+    out = ["model.safetensors", "config.json", *tokenizer_files, "generation_config.json", "metrics.jsonl", "loss.png"]
     phases = [("train", [{}])]
     if params.uses_reference:
         phases.insert(0, ("reference", [{}]))
@@ -297,7 +297,7 @@ def train_task(ctx, task: dict) -> dict:
 
     from llmpipe.artifacts.checkpoint import write_model_dir
     from llmpipe.model import Model
-    from llmpipe.text.chat_template import write_chat_template
+    from llmpipe.text.chat_template import write_chat_template, write_generation_config
     from llmpipe.train.dist import init_distributed, shutdown_distributed
     from llmpipe.train.examples import step_examples
     from llmpipe.train.loop import LoopConfig, loss_png, train
@@ -357,6 +357,7 @@ def train_task(ctx, task: dict) -> dict:
         if dist.is_main:
             write_model_dir(ctx.out, model.state_dict(), hf_config, p.checkpoint)
             write_chat_template(ctx.out)
+            write_generation_config(ctx.out)  # transformers' generate stops at <|end|> too
             loss_png(ctx.out / "loss.png", ctx.out / "metrics.jsonl", f"dpo ({p.loss}, beta {p.beta}): {len(train_examples)} examples, {steps} steps")
         metrics = {}
         if evals:

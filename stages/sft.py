@@ -119,7 +119,7 @@ def plan(params: Params, inputs) -> Plan:
     check_chat_checkpoint(params.checkpoint, made=False)
     tokenizer_files = [f for f in TOKENIZER_FILES if (Path(params.checkpoint) / f).exists()] or list(TOKENIZER_FILES)
     adapter = ["adapter/adapter_config.json", "adapter/adapter_model.safetensors"] if params.lora_rank else []
-    return Plan(phases=[("train", [{}])], files=["model.safetensors", "config.json", *tokenizer_files, "metrics.jsonl", "loss.png", *adapter])
+    return Plan(phases=[("train", [{}])], files=["model.safetensors", "config.json", *tokenizer_files, "generation_config.json", "metrics.jsonl", "loss.png", *adapter])
 
 
 def load_examples(files: list[str], p: Params, tokenizer, max_len: int, stats) -> tuple[list, list]:
@@ -157,7 +157,7 @@ def train_task(ctx, task: dict) -> dict:
     from llmpipe.errors import InputError
     from llmpipe.model import Model
     from llmpipe.stats import TaskStats, check_bad_fraction
-    from llmpipe.text.chat_template import write_chat_template
+    from llmpipe.text.chat_template import write_chat_template, write_generation_config
     from llmpipe.text.tokenizer import load_tokenizer
     from llmpipe.train.dist import check_device, init_distributed, shutdown_distributed
     from llmpipe.train.examples import step_examples
@@ -229,6 +229,7 @@ def train_task(ctx, task: dict) -> dict:
                 merge_lora(model)
             write_model_dir(ctx.out, model.state_dict(), hf_config, p.checkpoint)
             write_chat_template(ctx.out)
+            write_generation_config(ctx.out)  # transformers' generate stops at <|end|> too
             loss_png(ctx.out / "loss.png", ctx.out / "metrics.jsonl", f"sft: {len(train_examples)} conversations, {steps} steps")
         metrics = {}
         if evals:

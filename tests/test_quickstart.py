@@ -46,6 +46,8 @@ def test_quickstart_pipeline_end_to_end(tmp_path):
     assert sft["metrics"]["val_loss"] < 0.85 * sft["metrics"]["val_loss_before"], sft["metrics"]
     assert all(s["answer"] for s in sft["samples"]), sft["samples"]
     assert dpo["metrics"]["eval_rewards/accuracies"] >= 0.8, dpo["metrics"]
+    answer = run_cli("chat", "runs/pretrain/dpo", "--message", "What does json.dumps do?", cwd=tmp_path, check=True).stdout
+    assert len(re.findall(r"[A-Za-z]{2,}", answer)) >= 3, answer
     assert first.stderr.count("running") == len(steps)
     second = run_cli("run", str(pipeline), cwd=tmp_path, check=True)
     assert second.stderr.count("fresh, skipped") == len(steps)

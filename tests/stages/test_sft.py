@@ -81,6 +81,10 @@ def test_sft_on_alpaca_lowers_held_out_assistant_loss(base, shared_data):
     assert m["stats"]["counts"]["format_alpaca"] == 999 and not m["stats"].get("skipped")
     assert len(m["samples"]) == 2 and all(s["answer"] for s in m["samples"]), m["samples"]
     assert "sample (" in res.stderr
+    # `llmpipe chat --message` answers through the saved template, greedy, as the manifest's sample did
+    sample = m["samples"][0]
+    chat = run_cli("chat", "sft", "--message", sample["prompt"], "--max-new-tokens", "48", cwd=base, check=True)
+    assert chat.stdout.strip() == sample["answer"].strip() and chat.stdout.strip()
     records = [json.loads(line) for line in (base / "sft" / "metrics.jsonl").read_text().splitlines()]
     assert records[0] == {"eval": True, "step": 0, "val_loss": pytest.approx(before, abs=1e-5)}, "measured before training"
     # transformers' apply_chat_template on the saved checkpoint gives the ids sft trained on
