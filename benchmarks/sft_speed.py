@@ -26,8 +26,8 @@ even steps and after it on odd ones; TRL's time is its loop's time minus the cal
 median tokens/s of each and the median over steps of the per-step ratio (with its IQR). Tokens of a
 step = the conversation tokens in its rows (padding not counted), the same for both.
 
-    nice python benchmarks/sft_speed.py                                   # 4 layers x 256 wide, ~3-4 min
-    nice python benchmarks/sft_speed.py --n-embd 128 --steps 60   # llmpipe's "tiny" preset, ~2 min
+    nice python benchmarks/sft_speed.py                                   # 4 layers x 256 wide: ~3 min idle, ~10 min at load 8
+    nice python benchmarks/sft_speed.py --n-embd 128 --steps 60   # llmpipe's "tiny" preset
 """
 
 from __future__ import annotations
