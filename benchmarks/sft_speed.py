@@ -65,7 +65,7 @@ def make_checkpoint(work: Path, args) -> Path:
 
 
 def llmpipe_run(model_dir: Path, args):
-    """(model, examples of each step, step function) exactly as stages/sft.py train_task builds them."""
+    """(model, examples of each step, loss targets of each step, step function), as stages/sft.py train_task builds them."""
     from stages.sft import Params, batch_tensors, load_examples
     from llmpipe.stats import TaskStats
     from llmpipe.text.tokenizer import load_tokenizer
