@@ -148,7 +148,14 @@ def finalize(ctx, stats: dict, records: dict) -> dict:
     return {"metrics": flat, "counts": {"tasks": len(results), "items": sum(m.get("n", 0) for m in results.values())}}
 
 
+def task_files(params: Params) -> dict[str, str]:
+    """The data file of each task, by its spec: a changed file makes the step stale (llmpipe/api.py)."""
+    from llmpipe.evaluation.tasks import parse_spec
+
+    return {f"tasks[{spec}]": parse_spec(spec).path for spec in params.tasks}
+
+
 STAGE = Stage(
     name="evaluate", version=1, params=Params, doc=__doc__, plan=plan, run_task={"evaluate": evaluate_task}, finalize=finalize,
-    output_kind="evaluation", input_kinds=("any",),
+    output_kind="evaluation", input_kinds=("any",), extra={"param_files": task_files},
 )

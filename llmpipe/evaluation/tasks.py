@@ -24,7 +24,7 @@ from pathlib import Path
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 SHIPPED = {"blimp_mini": ASSETS / "blimp_mini.jsonl"}  # name -> file that ships with llmpipe (no download)
 FORMAT_FIELDS = {
-    "hellaswag": ("activity_label", "endings", "label"),
+    "hellaswag": ("activity_label", "ctx", "endings", "label"),  # or ctx_a + ctx_b for ctx
     "blimp": ("sentence_good", "sentence_bad"),
     "choice": ("context", "choices", "gold"),
     "generation": ("question", "answer"),
@@ -64,10 +64,12 @@ def parse_spec(spec: str) -> TaskSpec:
         raise ValueError(f'tasks: task name "{name}" may hold only letters, digits, _, - and . (it names samples/{name}.parquet)')
     if not Path(path).is_file():
         raise ValueError(f"tasks: {name} data file {path} does not exist")
-    detected = detect_format(path)
-    fmt = name if name in FORMAT_FIELDS else detected
-    if fmt != detected:
-        raise ValueError(f"tasks: {path} is not in the {fmt} format (rows need {', '.join(FORMAT_FIELDS[fmt])}; its first row fits {detected})")
+    if name in FORMAT_FIELDS:
+        first = read_rows(path)[0]
+        if not _fits(first, name):
+            raise ValueError(f"tasks: {path} is not in the {name} format (rows need {', '.join(FORMAT_FIELDS[name])}; "
+                             f"its first row has {', '.join(sorted(first)) or 'no field'})")
+    fmt = name if name in FORMAT_FIELDS else detect_format(path)
     return TaskSpec(name, fmt, str(Path(path).resolve()))
 
 
@@ -96,11 +98,14 @@ def read_rows(path: str) -> list[dict]:
     return rows
 
 
+def _fits(row: dict, fmt: str) -> bool:
+    need = [k for k in FORMAT_FIELDS[fmt] if not (k == "ctx" and "ctx_a" in row)]
+    return all(k in row for k in need)
+
+
 def detect_format(path: str) -> str:
     first = read_rows(path)[0]
-    if "endings" in first and ("ctx" in first or "ctx_a" in first):
-        return "hellaswag"
-    fmt = next((f for f, need in FORMAT_FIELDS.items() if f != "hellaswag" and all(k in first for k in need)), None)
+    fmt = next((f for f in FORMAT_FIELDS if _fits(first, f)), None)
     if fmt is None:
         raise ValueError(f"tasks: {path} row 1 fits no task format (fields {', '.join(sorted(first)) or 'none'}; expected {FORMAT_HINT})")
     return fmt
