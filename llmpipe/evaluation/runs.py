@@ -120,6 +120,8 @@ def _texts(inp) -> list[str]:
 
     stats, out = TaskStats(), []
     for f in inp.files:
+        if inp.kind == "artifact" and not f.endswith(".parquet"):
+            continue  # an artifact's other files (plots) are not documents
         rows = iter_parquet(f, "text", stats) if f.endswith(".parquet") else iter_jsonl(f, "text", stats)
         out += [row["text"] for _, row in rows]
     return out

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -46,6 +46,7 @@ class Doc:
     query: str
     choices: tuple[str, ...]
     gold: int | str  # choice index; for generation the full answer text
+    row: str = ""  # the file's row as canonical JSON: two items are the same item when their rows are equal (as in lm-eval)
 
 
 def parse_spec(spec: str) -> TaskSpec:
@@ -117,7 +118,7 @@ def load_docs(spec: TaskSpec) -> list[Doc]:
     docs = []
     for i, row in enumerate(read_rows(spec.path)):
         try:
-            docs.append(make(row))
+            docs.append(replace(make(row), row=json.dumps(row, sort_keys=True)))
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
             raise ValueError(f"tasks: {spec.path} row {i + 1} is not a {spec.format} item ({type(e).__name__}: {e}); rows need "
                              f"{', '.join(FORMAT_FIELDS[spec.format])}") from None

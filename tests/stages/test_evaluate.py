@@ -129,6 +129,25 @@ def test_documents_perplexity_scores_every_token_once(chat_base, tmp_path):
     assert res["loss"] == pytest.approx(sum(r["nats"] for r in rows) / sum(r["tokens"] for r in rows))
 
 
+def test_a_checkpoint_transformers_wrote_and_a_documents_artifact(chat_base, tmp_path):
+    """Any Llama directory transformers saved (with the llmpipe tokenizer files beside it) scores as the llmpipe checkpoint;
+    a documents artifact is held-out text, one row per document."""
+    transformers = pytest.importorskip("transformers")
+    import shutil
+
+    import llmpipe
+    from llmpipe.artifacts.checkpoint import TOKENIZER_FILES
+
+    transformers.AutoModelForCausalLM.from_pretrained(chat_base / "model", dtype=torch.float32).save_pretrained(tmp_path / "hf")
+    for name in TOKENIZER_FILES:
+        shutil.copy(chat_base / "model" / name, tmp_path / "hf" / name)
+    for model, out in ((tmp_path / "hf", "from_hf"), (chat_base / "model", "ours")):
+        llmpipe.run_stage("evaluate", [model, chat_base / "docs"], tmp_path / out, tasks=["blimp_mini"], limit=5, device="cpu")
+    hf, ours = _samples(tmp_path / "from_hf", "blimp_mini"), _samples(tmp_path / "ours", "blimp_mini")
+    assert [x for r in hf for x in r["loglikelihoods"]] == pytest.approx([x for r in ours for x in r["loglikelihoods"]], abs=1e-5)
+    assert len(_samples(tmp_path / "ours", "perplexity")) == 5 and _results(tmp_path / "ours")["perplexity"]["bits_per_byte"] > 0
+
+
 def _hf_logprob(model, ids: list[int], n_continuation: int) -> float:
     """transformers' own sum of log-probabilities of the last n_continuation ids."""
     with torch.no_grad():
