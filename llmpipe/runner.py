@@ -109,6 +109,9 @@ def headline(manifest: dict) -> str:
     counts, metrics = manifest.get("counts", {}), manifest.get("metrics", {})
     if "val_bpb" in metrics:
         return f"val bits per byte {metrics['val_bpb']:.3f}"
+    if manifest.get("output_kind") == "evaluation":  # the first figure of each task: bits per byte, acc or exact match
+        firsts = [(key, metrics[key]) for key in metrics for name in ("bits_per_byte", "acc", "exact_match") if key.endswith("/" + name)]
+        return ", ".join(f"{key} {value:.3f}" for key, value in firsts[:3])
     if manifest.get("output_kind") == "tokens" and "train_tokens" in counts:
         return f"tokens {counts['train_tokens']:,} train, {counts.get('val_tokens', 0):,} val"
     if manifest.get("output_kind") == "tokenizer" and "vocab_size" in manifest.get("params", {}):
