@@ -76,6 +76,7 @@ def _lm_eval_samples(model: Path, data: Path, tmp: Path, shots: dict[str, int]) 
     return found
 
 
+@pytest.mark.slow  # ~40 s: lm-eval's own start and its transformers model on 112 requests
 def test_hellaswag_equals_lm_evaluation_harness(chat_base, shared_data, tmp_path):
     """Must-show 1: the same per-item log-likelihoods (1e-4) and identical acc/acc_norm, zero-shot and 3-shot (whose contexts
     pass the model's 256 tokens, so lm-eval's left truncation is exercised too)."""
