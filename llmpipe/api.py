@@ -53,6 +53,9 @@ def build_step(
         if flags and sep and key in {f.name for f in stage.param_fields()}:  # as the user spelled it: --batch-tokens
             message = f"--{key.replace('_', '-')}: {rest}"
         raise ConfigError(f"{where} {message}") from None
+    # data files a param names inside a richer value (evaluate's "hellaswag=PATH" tasks): their content joins the fingerprint
+    for key, path in stage.extra.get("param_files", lambda _: {})(typed).items():
+        param_fps[key] = resolve_input(path, where=f"{where} {key}").fingerprint
     return step_mod.Step(name, stage_ref, stage, typed, list(inputs), out, param_fps)
 
 

@@ -113,6 +113,9 @@ def headline(manifest: dict) -> str:
         return f"held-out reward accuracy {metrics.get('eval_rewards/accuracies_before', 0):.2f} -> {metrics['eval_rewards/accuracies']:.2f}"
     if "val_loss_before" in metrics:  # sft: held-out loss on the assistant's tokens
         return f"held-out answer loss {metrics['val_loss_before']:.2f} -> {metrics['val_loss']:.2f}"
+    if manifest.get("output_kind") == "evaluation":  # the first figure of each task: bits per byte, acc or exact match
+        firsts = [(key, metrics[key]) for key in metrics for name in ("bits_per_byte", "acc", "exact_match") if key.endswith("/" + name)]
+        return ", ".join(f"{key} {value:.3f}" for key, value in firsts[:3])
     if manifest.get("output_kind") == "tokens" and "train_tokens" in counts:
         return f"tokens {counts['train_tokens']:,} train, {counts.get('val_tokens', 0):,} val"
     if manifest.get("output_kind") == "tokenizer" and "vocab_size" in manifest.get("params", {}):

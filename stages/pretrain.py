@@ -12,7 +12,6 @@ A killed run re-run with the same params resumes from its newest checkpoint. Und
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -128,31 +127,12 @@ def _check_tokens(p: Params, path: str, manifest: dict) -> None:
                      f"but {path} holds {have}; {hint}, or tokenize more text")
 
 
-def token_bytes(tokenizer_path: str, vocab_size: int):
-    """UTF-8 bytes each token id stands for (0 for control tokens), to turn nats per token into bits per byte."""
-    import torch
-
-    from llmpipe.text.tokenizer import load_tokenizer
-
-    tok = load_tokenizer(tokenizer_path)
-    sp = tok.sp
-    sizes = torch.zeros(vocab_size, dtype=torch.float64)
-    for i in range(min(vocab_size, sp.get_piece_size())):
-        if sp.is_control(i) or sp.is_unknown(i):
-            continue
-        if sp.is_byte(i):
-            sizes[i] = 1
-        else:
-            sizes[i] = len(sp.id_to_piece(i).replace("\u2581", " ").encode("utf-8"))
-    return sizes
-
-
 def train_task(ctx, task: dict) -> dict:
     import torch
-    import torch.nn.functional as F
 
     from llmpipe.artifacts.manifest import read_manifest
     from llmpipe.errors import InputError
+    from llmpipe.evaluation.perplexity import loss_rows, summary, token_bytes
     from llmpipe.model import Model
     from llmpipe.train.data import PackedBatches, split_shards
     from llmpipe.artifacts.checkpoint import write_model_dir
@@ -196,21 +176,14 @@ def train_task(ctx, task: dict) -> dict:
             n_eval = min(p.eval_steps, val.steps_per_epoch)
 
             def eval_fn(m):
-                sums = torch.zeros(3, dtype=torch.float64, device=dist.device)  # nats, tokens, bytes
-                for s in range(n_eval):
-                    x, y = val.batch(s, dist.device)
-                    logits, _ = m(x)
-                    nats = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1), reduction="none")
-                    sums[0] += nats.double().sum()
-                    sums[1] += nats.numel()
-                    if sizes is not None:  # bits per byte counts the nats of every token against the bytes it stands for
-                        sums[2] += sizes[y.reshape(-1)].sum()
+                sums = sum(loss_rows(m, *val.batch(s, dist.device), sizes).sum(0) for s in range(n_eval))  # nats, tokens, bytes
                 if dist.ddp:
                     torch.distributed.all_reduce(sums)
-                out = {"val_loss": (sums[0] / sums[1]).item()}
-                if sizes is not None and sums[2] > 0:
-                    out["val_bpb"] = (sums[0] / sums[2]).item() / math.log(2)
-                return out
+                out = summary(sums)
+                metrics = {"val_loss": out["loss"]}
+                if sizes is not None and "bits_per_byte" in out:
+                    metrics["val_bpb"] = out["bits_per_byte"]
+                return metrics
 
         optimizer = make_optimizer(model, p.lr, p.weight_decay, device=dist.device)
         loop = LoopConfig(

@@ -1,0 +1,1 @@
+"""Evaluation: perplexity and bits per byte, multiple-choice log-likelihood and generation tasks (stages/evaluate.py)."""
