@@ -41,6 +41,10 @@ def test_quickstart_pipeline_end_to_end(tmp_path):
     words = {w.lower() for text in model["samples"].values() for w in re.findall(r"[A-Za-z]{2,}", text)}
     assert len(words & corpus) >= 10, model["samples"]
     assert "sample (greedy):" in first.stderr
+    # evaluated as a pipeline step: bits per byte on the val split (pretrain's own measure) and blimp_mini
+    ev = manifests["evaluate"]["metrics"]
+    assert ev["perplexity/bits_per_byte"] == pytest.approx(model["metrics"]["val_bpb"], rel=0.05), ev
+    assert 0 <= ev["blimp_mini/acc"] <= 1 and "blimp_mini/acc_stderr" in ev, ev
     # fine-tuned into a chat model: held-out answer loss falls, held-out preferences are learned
     sft, dpo = manifests["sft"], manifests["dpo"]
     assert sft["metrics"]["val_loss"] < 0.85 * sft["metrics"]["val_loss_before"], sft["metrics"]
