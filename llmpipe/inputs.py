@@ -89,8 +89,9 @@ def _check_embedded(ref: str, where: str) -> None:
     from llmpipe.readers.embedded import CHAT_SOURCES, SOURCES
 
     known = [EMBEDDED_PREFIX + s for s in SOURCES + CHAT_SOURCES]
-    if ref not in known:
-        hint = did_you_mean(ref, known) or f"; choose one of {', '.join(known)}"
+    if ref not in known:  # compared without the shared prefix, which would make every name look close
+        close = did_you_mean(ref.removeprefix(EMBEDDED_PREFIX), SOURCES + CHAT_SOURCES).replace('"', f'"{EMBEDDED_PREFIX}', 1)
+        hint = close or f"; choose one of {', '.join(known)}"
         raise InputError(f'{where}: unknown embedded source "{ref}"{hint}')
 
 

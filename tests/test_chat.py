@@ -50,7 +50,7 @@ def ckpts(tmp_path_factory):
     from llmpipe.model import Model, ModelConfig
     from llmpipe.text.chat_template import IGNORE_INDEX, collate, render, write_chat_template, write_generation_config
     from llmpipe.text.tokenizer import load_tokenizer
-    from stages.pretrain import write_final
+    from llmpipe.artifacts.checkpoint import write_model_dir
     from tests.conftest import SHARED_DATA
 
     if not (SHARED_DATA / "text" / "c4_demo.jsonl").exists():
@@ -76,7 +76,7 @@ def ckpts(tmp_path_factory):
         loss.backward()
         optimizer.step()
     assert loss.item() < 0.05
-    write_final(tmp / "chat", model, config.to_hf(), "")
+    write_model_dir(tmp / "chat", model.state_dict(), config.to_hf(), "")
     write_chat_template(tmp / "chat")
     write_generation_config(tmp / "chat")
     return tmp

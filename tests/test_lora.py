@@ -27,10 +27,10 @@ def tiny(seed: int = 0, tie: bool = True) -> Model:
 
 def write_checkpoint(out, model) -> None:
     """The base checkpoint as the pretrain stage writes it: model.safetensors + config.json (cfg.to_hf())."""
-    from stages.pretrain import write_final
+    from llmpipe.artifacts.checkpoint import write_model_dir
 
     out.mkdir(parents=True, exist_ok=True)
-    write_final(out, model, model.config.to_hf(), "")
+    write_model_dir(out, model.state_dict(), model.config.to_hf(), "")
 
 
 def batch(seed: int, rows: int = 2, length: int = 24) -> torch.Tensor:

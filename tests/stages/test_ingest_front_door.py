@@ -115,11 +115,11 @@ def test_misspelled_embedded_source_is_one_line_before_anything_is_written(tmp_p
     line = _one_line_error(tmp_path, "ingest", "--input", "embedded:python-doc", "--output", "out")
     assert line == 'error: ingest --input: unknown embedded source "embedded:python-doc"; did you mean "embedded:python-docs"?'
     write(tmp_path / "pipe.toml", '[pipeline]\nworkdir = "runs/p"\n\n[steps.ingest]\ninputs = ["embedded:wikipedia"]\n')
-    from llmpipe.readers.embedded import SOURCES
+    from llmpipe.readers.embedded import CHAT_SOURCES, SOURCES
 
     assert _one_line_error(tmp_path, "run", "pipe.toml") == (
         'error: pipe.toml [steps.ingest] inputs: unknown embedded source "embedded:wikipedia"; '
-        f"choose one of {', '.join('embedded:' + s for s in SOURCES)}"
+        f"choose one of {', '.join('embedded:' + s for s in SOURCES + CHAT_SOURCES)}"
     )
 
 
