@@ -12,4 +12,5 @@ STAGES = {
     "pretrain": "stages.pretrain",
     "sft": "stages.sft",
     "dpo": "stages.dpo",
+    "quantize": "stages.quantize",
 }
