@@ -37,7 +37,11 @@ def inspect_artifact(path: Path, rows: int = 3) -> None:
 def _show_checkpoint(m: dict) -> None:
     """What the model learned: validation bits per byte and the samples written at the end of training."""
     metrics = m.get("metrics", {})
-    if "val_bpb" in metrics:
+    if m.get("stage") == "quantize":
+        params = m.get("params", {})
+        console.print(f"quantized: {params.get('scheme')} {params.get('method')}, linear layers "
+                      f"{metrics.get('compression_of_quantized_layers')}x smaller, mean relative weight error {metrics.get('weight_relative_error_mean')}")
+    elif "val_bpb" in metrics:
         loss = f"  (val loss {metrics['val_loss']:.4f})" if "val_loss" in metrics else ""
         console.print(f"val bits per byte: {metrics['val_bpb']:.4f}{loss}")
     else:

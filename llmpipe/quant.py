@@ -161,11 +161,15 @@ class QuantLinear(nn.Module):
 
     def forward(self, x):
         low_precision = x.dtype in (torch.bfloat16, torch.float16) or (x.device.type == "cpu" and torch.is_autocast_enabled("cpu"))
-        if x.device.type == "cpu" and low_precision and (self.bits == 8 or self.out_features % 16 == 0):  # int4: torch needs out % 16 == 0
+        if x.device.type == "cpu" and low_precision and self._cpu_kernel_fits():
             return self._cpu_kernel(x)
         if self.bits == 8:  # the per-channel scale factors out of the matmul: one cast of the integers, no multiply
             return F.linear(x, self.qweight.to(x.dtype)) * self.scales.to(x.dtype)
         return F.linear(x, self.dequantize(x.dtype))
+
+    def _cpu_kernel_fits(self) -> bool:
+        """torch's CPU int4 kernel takes groups of 32, 64, 128 or 256 and out_features divisible by 16; int8 takes any shape."""
+        return self.bits == 8 or (self.group_size in (32, 64, 128, 256) and self.out_features % 16 == 0)
 
     def _cpu_kernel(self, x):
         dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.get_autocast_dtype("cpu")

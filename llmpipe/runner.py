@@ -109,6 +109,8 @@ def headline(manifest: dict) -> str:
     counts, metrics = manifest.get("counts", {}), manifest.get("metrics", {})
     if "val_bpb" in metrics:
         return f"val bits per byte {metrics['val_bpb']:.3f}"
+    if "compression_of_quantized_layers" in metrics:  # quantize
+        return f"linear layers {metrics['compression_of_quantized_layers']:.1f}x smaller"
     if manifest.get("output_kind") == "tokens" and "train_tokens" in counts:
         return f"tokens {counts['train_tokens']:,} train, {counts.get('val_tokens', 0):,} val"
     if manifest.get("output_kind") == "tokenizer" and "vocab_size" in manifest.get("params", {}):

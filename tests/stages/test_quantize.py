@@ -243,3 +243,54 @@ def test_user_mistakes_are_one_line(chat_base, tmp_path):
     assert line == "error: quantize --gguf-types: Q4_K is not a type gguf 0.19 writes; choose from F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1"
     line = _one_line_error(tmp_path, "quantize", "--input", model, "--output", "out", "--method", "gptq", "--calibration", model)
     assert line == f"error: quantize --calibration: {model} is a checkpoint artifact; give a tokenize artifact".replace(str(tmp_path), "<tmp>")
+
+
+def test_gptq_with_uncorrelated_inputs_is_round_to_nearest_and_beats_it_on_correlated_ones():
+    """H = I leaves no error to move: GPTQ's integers are RTN's. With correlated inputs its output error is lower."""
+    from llmpipe.gptq import HessianSum, gptq_quantize
+    from llmpipe.quant import dequantize, quantize_rtn
+
+    torch.manual_seed(0)
+    W = torch.randn(32, 128)
+    for symmetric, act_order in ((False, False), (True, False), (False, True)):
+        rtn = quantize_rtn(W, 4, 32, symmetric)
+        gptq = gptq_quantize(W, torch.eye(128), 4, 32, symmetric, act_order=act_order)
+        assert all(torch.equal(a, b) for a, b in zip(rtn, gptq)), (symmetric, act_order)
+    X = torch.randn(2048, 16) @ torch.randn(16, 128) + 0.1 * torch.randn(2048, 128)  # inputs on a 16-dim subspace
+    acc = HessianSum(128)
+    acc.add(X)
+    out_error = lambda q, s, z: ((X @ (dequantize(q, s, z) - W).T).pow(2).mean() / (X @ W.T).pow(2).mean()).item()  # noqa: E731
+    rtn_error = out_error(*quantize_rtn(W, 4, 32, False))
+    for act_order in (False, True):
+        gptq_error = out_error(*gptq_quantize(W, acc.value, 4, 32, False, act_order=act_order))
+        print(f"relative output error: rtn {rtn_error:.5f}, gptq (act_order={act_order}) {gptq_error:.5f}")
+        assert gptq_error < 0.5 * rtn_error
+
+
+def test_calibration_may_name_a_tokenize_step(chat_base, tmp_path):
+    from tests.conftest import run_cli, write
+
+    write(tmp_path / "q.toml", f"""[pipeline]
+workdir = "runs"
+
+[steps.tokens]
+stage = "tokenize"
+inputs = ["{chat_base / 'docs'}"]
+tokenizer = "{chat_base / 'tok'}"
+val_fraction = 0.1
+
+[steps.quantize]
+inputs = ["{chat_base / 'model'}"]
+scheme = "int4"
+group_size = 32
+method = "gptq"
+calibration = "tokens"
+calibration_samples = 4
+calibration_seq_len = 64
+""")
+    res = run_cli("run", "q.toml", cwd=tmp_path, check=True)
+    assert "linear layers 6.7x smaller" in res.stdout
+    manifest = json.loads((tmp_path / "runs" / "quantize" / "_manifest.json").read_text())
+    assert manifest["params"]["calibration"] == str((tmp_path / "runs" / "tokens").resolve())
+    assert manifest["counts"]["calibration_tokens"] == 4 * 64
+    assert "calibration" in manifest["param_fingerprints"]
