@@ -93,7 +93,7 @@ def check_checkpoint(path: Path, p: Params) -> dict:
 
     if not path.exists() or ((path / RUN).exists() and not (path / MANIFEST).exists()):
         return {}
-    for name in ("config.json", "model.safetensors", "tokenizer.model"):
+    for name in ("config.json", "model.safetensors", "tokenizer.model" if p.format == "gguf" else "config.json"):
         if not (path / name).is_file():
             raise ValueError(f"inputs: {path} has no {name}; give a checkpoint directory (a pretrain, sft or dpo output)")
     config = json.loads((path / "config.json").read_text())
@@ -172,7 +172,6 @@ def quantize_task(ctx, task: dict) -> dict:
     except (ValueError, ImportError) as e:
         raise InputError(f"{ctx.run['step']} {e}") from None
     t0 = time.time()
-    torch.manual_seed(p.seed)
     model = Model.from_checkpoint(path).eval()
     names = target_names(model, p.quantize_lm_head)
     if p.quantize_lm_head and model.lm_head.weight is model.model.embed_tokens.weight:  # the embedding stays float
@@ -202,6 +201,8 @@ def quantize_task(ctx, task: dict) -> dict:
     if p.method == "gptq":
         spec.update(damp=p.damp, act_order=p.act_order, calibration_tokens=counts["calibration_tokens"])
     state = model.state_dict()
+    if "lm_head" not in names and model.lm_head.weight is model.model.embed_tokens.weight:
+        del state["lm_head.weight"]  # tied: one matrix, stored once (from_checkpoint ties it again)
     write_model_dir(ctx.out, state, {**config, "quantization": spec}, path)
     float_bytes = sum(w.numel() * 4 for w in originals.values())
     stored = sum(t.numel() * t.element_size() for k, t in state.items() if k.rpartition(".")[0] in set(names))

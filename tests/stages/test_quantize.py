@@ -294,3 +294,25 @@ calibration_seq_len = 64
     assert manifest["params"]["calibration"] == str((tmp_path / "runs" / "tokens").resolve())
     assert manifest["counts"]["calibration_tokens"] == 4 * 64
     assert "calibration" in manifest["param_fingerprints"]
+
+
+def test_quantized_lm_head(chat_base, tmp_path):
+    """quantize_lm_head: lm_head becomes int8 and untied, the embedding stays float and unchanged."""
+    from safetensors.torch import load_file
+
+    from llmpipe.model import Model
+    from llmpipe.quant import QuantLinear
+
+    llmpipe.run_stage("quantize", [str(chat_base / "model")], tmp_path / "q", quantize_lm_head=True)
+    model = Model.from_checkpoint(tmp_path / "q")
+    assert isinstance(model.lm_head, QuantLinear) and model.lm_head.out_features == 1000
+    stored = load_file(str(tmp_path / "q" / "model.safetensors"))
+    original = load_file(str(chat_base / "model" / "model.safetensors"))
+    assert torch.equal(stored["model.embed_tokens.weight"], original["model.embed_tokens.weight"])
+    assert "lm_head.weight" not in stored and stored["lm_head.qweight"].dtype == torch.int8
+    assert json.loads((tmp_path / "q" / "config.json").read_text())["quantization"]["modules"][-1] == "lm_head"
+    with torch.no_grad():
+        x = torch.randint(0, 1000, (1, 32))
+        logits = model(x)[0]
+        float_logits = Model.from_checkpoint(chat_base / "model")(x)[0]
+    assert (logits - float_logits).abs().max() < 0.05 * float_logits.abs().max()
