@@ -51,8 +51,9 @@ def grid_params(w: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tens
         lo, hi = w.amin(-1).clamp(max=0), w.amax(-1).clamp(min=0)
         scale = (hi - lo) / 15
         zero = None  # from the float16 scale below
-    # float16 as stored; an all-zero group gets the smallest normal scale (its integers all equal the zero point)
-    scale = scale.clamp(min=2.0 ** -14).half().float()
+    # float16 as stored (subnormal for tiny groups: the integers are rounded with the stored value, so they stay
+    # consistent); an all-zero group gets the smallest positive float16, and its integers all equal the zero point
+    scale = scale.clamp(min=2.0 ** -24).half().float()
     if zero is None:
         zero = torch.round(-lo / scale).clamp(0, 15)
     return scale, zero
