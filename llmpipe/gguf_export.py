@@ -66,7 +66,6 @@ def write_gguf(checkpoint: Path, out: Path, type_name: str, tensors: dict | None
     tensors: the float state dict, when already loaded. Returns {gguf tensor name: GGML type name}."""
     gguf = import_gguf()
     from llmpipe.model import ModelConfig
-    from llmpipe.text.tokenizer import load_tokenizer
 
     checkpoint = Path(checkpoint)
     hf = json.loads((checkpoint / "config.json").read_text())
