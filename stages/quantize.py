@@ -130,6 +130,11 @@ def plan(params: Params, inputs) -> Plan:
     check_checkpoint(path, params)
     if params.calibration:
         check_calibration(params)
+    if params.format == "gguf":
+        from importlib.util import find_spec
+
+        if find_spec("gguf") is None:
+            raise ValueError('format: GGUF export needs the gguf package: pip install -c .ci/constraints.txt "gguf==0.19.0"')
     tokenizer_files = [f for f in TOKENIZER_FILES if (path / f).exists()] or list(TOKENIZER_FILES)
     gguf = [f"model-{t}.gguf" for t in params.gguf_types] if params.format == "gguf" else []
     return Plan(phases=[("quantize", [{}])], files=["model.safetensors", "config.json", *tokenizer_files, *gguf])
@@ -165,11 +170,7 @@ def quantize_task(ctx, task: dict) -> dict:
     path = _checkpoint_dir(ctx.inputs)
     try:
         config = check_checkpoint(path, p)
-        if p.format == "gguf":
-            from llmpipe.gguf_export import import_gguf
-
-            import_gguf()
-    except (ValueError, ImportError) as e:
+    except ValueError as e:
         raise InputError(f"{ctx.run['step']} {e}") from None
     t0 = time.time()
     model = Model.from_checkpoint(path).eval()
