@@ -87,8 +87,7 @@ def write_gguf(checkpoint: Path, out: Path, type_name: str, tensors: dict | None
     writer.add_layer_norm_rms_eps(cfg.norm_eps)
     writer.add_vocab_size(cfg.vocab_size)
     writer.add_rope_dimension_count(cfg.head_dim)
-    writer.add_file_type({"F32": gguf.LlamaFileType.ALL_F32, "F16": gguf.LlamaFileType.MOSTLY_F16,
-                          "BF16": gguf.LlamaFileType.MOSTLY_BF16}.get(type_name) or gguf.LlamaFileType[f"MOSTLY_{type_name}"])
+    writer.add_file_type(gguf.LlamaFileType["ALL_F32" if type_name == "F32" else f"MOSTLY_{type_name}"])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     add_tokenizer(gguf, writer, checkpoint, cfg)
 

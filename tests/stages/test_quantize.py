@@ -213,6 +213,18 @@ def test_gguf_reads_back_with_tokenizer_chat_template_and_weights(quantized):
     assert abs(restored - w).max() <= abs(w).max() / 127 / 2 * 1.01, "Q8_0 is within half a step of 1/127 of the block max"
 
 
+@pytest.mark.parametrize("kind", ["F32", "BF16", "Q8_0", "Q5_1"])
+def test_every_gguf_type_writes_and_reads_back(quantized, tmp_path, kind):
+    gguf = pytest.importorskip("gguf", reason="GGUF export needs the gguf package")
+    from llmpipe.gguf_export import write_gguf
+
+    types = write_gguf(quantized["chat"], tmp_path / "m.gguf", kind)
+    reader = gguf.GGUFReader(tmp_path / "m.gguf")
+    assert {t.name: t.tensor_type.name for t in reader.tensors} == types
+    assert types["blk.0.ffn_gate.weight"] == kind and types["output_norm.weight"] == "F32"
+    assert int(reader.get_field("general.file_type").contents()) == int(gguf.LlamaFileType["ALL_F32" if kind == "F32" else f"MOSTLY_{kind}"])
+
+
 def test_rope_permutation_matches_llama_cpp_rotation():
     """Rotating interleaved pairs of the permuted q equals rotating HF's (i, i + D/2) pairs, then permuting."""
     from llmpipe.gguf_export import rope_permute
