@@ -26,7 +26,9 @@ logits at every prompt position, 32 greedy tokens:
 
 F32 equal to 5e-6: the export (names, q/k permutation, norms, rope, tied output) is exact. F16 misses the issue's
 1e-3 by 2x at the worst logit (mean 3e-4): ggml rounds the activations to fp16 before F16 matmuls, which fp16 weights
-in fp32 arithmetic do not reproduce. Q8_0 stays within 0.06 (2 % of the logits' spread).
+in fp32 arithmetic do not reproduce. Q8_0 stays within 0.06 (2 % of the logits' spread). The chat template from
+the GGUF metadata, rendered by llama-cpp-python's Jinja formatter and tokenized by llama.cpp, gives llmpipe's ids
+(32 tokens, system + two user turns).
 """
 
 from __future__ import annotations
@@ -97,6 +99,35 @@ def main() -> None:
             greedy_same += int(made == greedy(x))
         print(f"| {path.name} | {path.stat().st_size / 1e6:.2f} MB | {worst32:.2e} | {np.mean(means):.2e} | {worst16:.2e} | {np.mean(scales):.2f} | "
               f"{argmax_same}/{len(ids)} prompts | {greedy_same}/{len(ids)} prompts | {same_tokens}/{len(ids)} |")
+    chat_template_check(args, Llama)
+
+
+def chat_template_check(args, Llama) -> None:
+    """The chat template in the GGUF metadata, rendered by llama-cpp-python's Jinja formatter and tokenized by
+    llama.cpp, gives the ids llmpipe's chat template gives (what sft trains on)."""
+    import shutil
+
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    from llmpipe.artifacts.checkpoint import TOKENIZER_FILES
+    from llmpipe.text.chat_template import render, write_chat_template
+    from llmpipe.text.tokenizer import load_tokenizer
+
+    chat = Path(args.workdir) / "chat_model"
+    chat.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "model.safetensors", *TOKENIZER_FILES):
+        if (Path(args.checkpoint) / name).exists():
+            shutil.copy(Path(args.checkpoint) / name, chat / name)
+    write_chat_template(chat)
+    llmpipe.run_stage("quantize", [str(chat)], Path(args.workdir) / "chat_gguf", format="gguf", gguf_types=["F16"])
+    llm = Llama(model_path=str(Path(args.workdir) / "chat_gguf" / "model-F16.gguf"), n_ctx=256, verbose=False)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who is Romeo?"},
+                {"role": "assistant", "content": "A Montague."}, {"role": "user", "content": "And Juliet?"}]
+    prompt = Jinja2ChatFormatter(template=llm.metadata["tokenizer.chat_template"], eos_token="</s>", bos_token="<s>")(messages=messages).prompt
+    ours, _ = render(messages, load_tokenizer(chat), add_generation_prompt=True)
+    same = llm.tokenize(prompt.encode(), add_bos=False, special=True) == ours
+    print(f"\nchat template from the GGUF metadata, rendered and tokenized by llama.cpp: {'equal to' if same else 'DIFFERENT from'} "
+          f"llmpipe's ids ({len(ours)} tokens)")
 
 
 if __name__ == "__main__":
