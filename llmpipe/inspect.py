@@ -38,7 +38,11 @@ def _show_checkpoint(m: dict) -> None:
     """What the model learned: its validation figures (bits per byte for pretrain; held-out loss or reward
     accuracy for sft and dpo, before -> after) and the samples written at the end of training."""
     metrics = m.get("metrics", {})
-    if m.get("stage") == "pretrain":
+    if m.get("stage") == "quantize":
+        params = m.get("params", {})
+        console.print(f"quantized: {params.get('scheme')} {params.get('method')}, linear layers "
+                      f"{metrics.get('compression_of_quantized_layers')}x smaller, mean relative weight error {metrics.get('weight_relative_error_mean')}")
+    elif m.get("stage") == "pretrain":
         if "val_bpb" in metrics:
             loss = f"  (val loss {metrics['val_loss']:.4f})" if "val_loss" in metrics else ""
             console.print(f"val bits per byte: {metrics['val_bpb']:.4f}{loss}")

@@ -260,11 +260,15 @@ class Model(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path, device: str = "cpu") -> "Model":
-        """The model of a checkpoint directory (llmpipe's, or a Llama checkpoint transformers wrote), weights loaded."""
+        """The model of a checkpoint directory (llmpipe's, a quantized one, or a Llama checkpoint transformers wrote), weights loaded."""
         from llmpipe.artifacts.checkpoint import load_checkpoint
 
         tensors, config, _, _ = load_checkpoint(path, device=device)
         model = cls(ModelConfig.from_hf(config)).to(device)
+        if config.get("quantization"):  # a quantize stage output: its layers become QuantLinear (llmpipe/quant.py)
+            from llmpipe.quant import swap_quantized_linears
+
+            swap_quantized_linears(model, config["quantization"])
         result = model.load_state_dict(tensors, strict=False)
         missing = [k for k in result.missing_keys if not (k == "lm_head.weight" and model.config.tie_embeddings)]  # tied: one matrix
         if missing or result.unexpected_keys:

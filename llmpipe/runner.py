@@ -116,6 +116,8 @@ def headline(manifest: dict) -> str:
     if manifest.get("output_kind") == "evaluation":  # the first figure of each task: bits per byte, acc or exact match
         firsts = [(key, metrics[key]) for key in metrics for name in ("bits_per_byte", "acc", "exact_match") if key.endswith("/" + name)]
         return ", ".join(f"{key} {value:.3f}" for key, value in firsts[:3])
+    if "compression_of_quantized_layers" in metrics:  # quantize
+        return f"linear layers {metrics['compression_of_quantized_layers']:.1f}x smaller"
     if manifest.get("output_kind") == "tokens" and "train_tokens" in counts:
         return f"tokens {counts['train_tokens']:,} train, {counts.get('val_tokens', 0):,} val"
     if manifest.get("output_kind") == "tokenizer" and "vocab_size" in manifest.get("params", {}):

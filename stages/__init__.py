@@ -13,4 +13,5 @@ STAGES = {
     "sft": "stages.sft",
     "dpo": "stages.dpo",
     "evaluate": "stages.evaluate",
+    "quantize": "stages.quantize",
 }
