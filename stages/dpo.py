@@ -28,20 +28,18 @@ max_seq_len loses its beginning (at most half the context stays for it), a compl
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from llmpipe.registry import Plan, Stage
+from llmpipe.train.finetune import FineTuneParams, check_chat_checkpoint, finalize_counts, plan_checks
 
 REFERENCE_FILE = "reference_logps.safetensors"
-DATA_SUFFIXES = (".json", ".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
 
 
 @dataclass(frozen=True)
-class Params:
-    checkpoint: str = field(default="", metadata={"help": "The chat model to tune: an earlier sft step or a checkpoint directory."})
+class Params(FineTuneParams):
     reference: str = field(default="", metadata={"help": "The reference model (default: checkpoint); its log-probs are computed once and stored."})
     loss: Literal["sigmoid", "ipo", "hinge", "robust", "simpo", "orpo", "kto"] = field(
         default="sigmoid", metadata={"help": "sigmoid (DPO), ipo, hinge, robust (label_smoothing = flip rate), simpo and orpo (no reference), kto (unpaired)."})
@@ -51,30 +49,15 @@ class Params:
     desirable_weight: float = field(default=1.0, metadata={"help": "KTO: weight of desirable examples."})
     undesirable_weight: float = field(default=1.0, metadata={"help": "KTO: weight of undesirable examples."})
     format: str = field(default="auto", metadata={"help": "Data format: auto, paired, hh_rlhf, sharegpt, kto, kto_messages."})
-    max_seq_len: int = field(default=0, metadata={"help": "Tokens per prompt + completion; 0: the model's context."})
-    batch_size: int = field(default=16, metadata={"help": "Pairs (KTO: examples) per optimizer step over all ranks."})
+    # the shared params' defaults, for preference tuning: pairs are two sequences each, and DPO takes small steps
     micro_batch: int = field(default=4, metadata={"help": "Pairs (KTO: examples) per forward/backward on one rank."})
-    max_steps: int = field(default=0, metadata={"help": "Optimizer steps; 0: `epochs` passes over the training pairs."})
-    epochs: float = field(default=1.0, metadata={"help": "Passes over the training pairs when max_steps is 0."})
     lr: float = field(default=1e-5, metadata={"help": "Peak learning rate (TRL's default is 1e-6 for billion-parameter models; small models take more)."})
     min_lr: float = field(default=0.0, metadata={"help": "Learning rate at the end of the cosine schedule."})
-    warmup_steps: int = field(default=5, metadata={"help": "Linear warmup steps."})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay on matrices."})
-    grad_clip: float = field(default=1.0, metadata={"help": "Clip the global gradient norm to this (0: no clipping)."})
-    val_fraction: float = field(default=0.05, metadata={"help": "Share of pairs held out for the eval_ metrics (at least one when there are two or more)."})
-    eval_every: int = field(default=0, metadata={"help": "Steps between held-out evaluations (0: before training and at the end only)."})
-    checkpoint_every: int = field(default=0, metadata={"help": "Steps between checkpoints (0: only at the end)."})
-    keep_last: int = field(default=1, metadata={"help": "Checkpoints kept under checkpoints/."})
-    seed: int = field(default=0, metadata={"help": "Seed of the held-out split and of the batch order."})
-    max_bad_fraction: float = field(default=0.1, metadata={"help": "Fail when more than this share of the rows is unusable."})
-    nproc_per_node: int = field(default=1, metadata={"help": "Training processes per node (torchrun, DDP); 1 trains in this process."})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps."})
 
     def __post_init__(self):
         from llmpipe.text.preference_data import FORMATS
 
-        if not self.checkpoint:
-            raise ValueError("checkpoint: give the chat model to tune (an sft step or a checkpoint directory)")
+        super().__post_init__()
         if self.format != "auto" and self.format not in FORMATS:
             raise ValueError(f"format: expected auto or one of {', '.join(FORMATS)}, got {self.format!r}")
         if self.reference and self.loss in ("simpo", "orpo"):
@@ -83,18 +66,6 @@ class Params:
             raise ValueError(f"beta: expected a number above 0, got {self.beta}")
         if not 0 <= self.label_smoothing < 0.5:
             raise ValueError(f"label_smoothing: expected a number in [0, 0.5), got {self.label_smoothing}")
-        if min(self.batch_size, self.micro_batch, self.nproc_per_node) < 1 or self.max_steps < 0 or self.max_seq_len < 0:
-            raise ValueError("batch_size: batch_size, micro_batch and nproc_per_node must be at least 1, max_steps and max_seq_len at least 0")
-        if self.batch_size % (self.micro_batch * self.nproc_per_node):
-            raise ValueError(f"batch_size: {self.batch_size} is not a multiple of micro_batch x nproc_per_node = {self.micro_batch * self.nproc_per_node}")
-        if self.max_steps == 0 and not self.epochs > 0:
-            raise ValueError(f"epochs: expected a number above 0 when max_steps is 0, got {self.epochs}")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"val_fraction: expected a number in [0, 1), got {self.val_fraction}")
-        if not 0 <= self.min_lr <= self.lr:
-            raise ValueError(f"min_lr: expected a number in [0, lr={self.lr}], got {self.min_lr}")
-        if self.device not in ("auto", "cpu", "cuda", "mps"):
-            raise ValueError(f"device: expected auto, cpu, cuda or mps, got {self.device!r}")
 
     @property
     def uses_reference(self) -> bool:
@@ -102,25 +73,12 @@ class Params:
 
 
 def plan(params: Params, inputs) -> Plan:
-    from llmpipe.artifacts.checkpoint import TOKENIZER_FILES
-    from llmpipe.train.dist import check_device
-    from stages.sft import check_chat_checkpoint
-
-    check_device(params.device, built_only=True)
-    files = [f for inp in inputs for f in inp.files]
-    odd = [f for f in files if not f.endswith(DATA_SUFFIXES) and not f.startswith("embedded:")]
-    if odd:
-        raise ValueError(f"inputs: {odd[0]} is not preference data; dpo reads {', '.join(DATA_SUFFIXES)} files")
-    check_chat_checkpoint(params.checkpoint, made=False)
+    out = plan_checks(params, inputs, "preference data", "dpo")
     if params.reference:
         check_chat_checkpoint(params.reference, made=False)
-    tokenizer_files = [f for f in TOKENIZER_FILES if (Path(params.checkpoint) / f).exists()] or list(TOKENIZER_FILES)
-    out = ["model.safetensors", "config.json", *tokenizer_files, "generation_config.json", "metrics.jsonl", "loss.png"]
-    phases = [("train", [{}])]
-    if params.uses_reference:
-        phases.insert(0, ("reference", [{}]))
-        out.append(REFERENCE_FILE)
-    return Plan(phases=phases, files=out)
+    if not params.uses_reference:
+        return Plan(phases=[("train", [{}])], files=out)
+    return Plan(phases=[("reference", [{}]), ("train", [{}])], files=out + [REFERENCE_FILE])
 
 
 # --- examples ----------------------------------------------------------------------------------
@@ -201,7 +159,6 @@ def _setup(ctx):
     from llmpipe.stats import TaskStats, check_bad_fraction
     from llmpipe.text.tokenizer import load_tokenizer
     from llmpipe.train.dist import check_device
-    from stages.sft import check_chat_checkpoint
 
     p: Params = ctx.params
     try:
@@ -295,12 +252,11 @@ def method_loss(p: Params, policy, counts, ref, desirable=None):
 def train_task(ctx, task: dict) -> dict:
     import torch
 
-    from llmpipe.artifacts.checkpoint import write_model_dir
     from llmpipe.model import Model
-    from llmpipe.text.chat_template import write_chat_template, write_generation_config
     from llmpipe.train.dist import init_distributed, shutdown_distributed
     from llmpipe.train.examples import step_examples
-    from llmpipe.train.loop import LoopConfig, loss_png, train
+    from llmpipe.train.finetune import before_after, write_chat_checkpoint
+    from llmpipe.train.loop import LoopConfig, train
     from llmpipe.train.optim import lr_at, make_optimizer
 
     p, tokenizer, _, train_examples, val_examples, stats = _setup(ctx)
@@ -311,7 +267,7 @@ def train_task(ctx, task: dict) -> dict:
     try:
         torch.manual_seed(p.seed)
         model = Model.from_checkpoint(p.checkpoint, device=dist.device)
-        steps = p.max_steps or max(1, math.ceil(p.epochs * len(train_examples) / p.batch_size))
+        steps = p.steps(len(train_examples))
         accum = p.batch_size // (p.micro_batch * dist.world_size)
 
         def score(m, examples):
@@ -355,14 +311,8 @@ def train_task(ctx, task: dict) -> dict:
         hf_config = model.config.to_hf()
         evals = train(model, optimizer, schedule, micro_batches, loss_fn, ctx.out, loop, dist, config_json=hf_config, eval_fn=eval_fn)
         if dist.is_main:
-            write_model_dir(ctx.out, model.state_dict(), hf_config, p.checkpoint)
-            write_chat_template(ctx.out)
-            write_generation_config(ctx.out)  # transformers' generate stops at <|end|> too
-            loss_png(ctx.out / "loss.png", ctx.out / "metrics.jsonl", f"dpo ({p.loss}, beta {p.beta}): {len(train_examples)} examples, {steps} steps")
-        metrics = {}
-        if evals:
-            metrics = {f"{k}_before": round(v, 5) for k, v in evals[0].items() if k != "step"}
-            metrics.update({k: round(v, 5) for k, v in evals[-1].items() if k != "step"})
+            write_chat_checkpoint(ctx.out, model, hf_config, p.checkpoint, f"dpo ({p.loss}, beta {p.beta}): {len(train_examples)} examples, {steps} steps")
+        metrics = before_after(evals)
         counts = {"examples": len(train_examples) + len(val_examples), "train_examples": len(train_examples),
                   "val_examples": len(val_examples), "steps": steps}
         return {**stats.to_json(), "counts": {**stats.counts, **counts}, "metrics": metrics, "world_size": dist.world_size}
@@ -371,11 +321,7 @@ def train_task(ctx, task: dict) -> dict:
 
 
 def finalize(ctx, stats: dict, records: dict) -> dict:
-    record = records["train"][0]["stats"]
-    counts = record.get("counts", {})
-    return {"counts": {k: counts[k] for k in ("examples", "train_examples", "val_examples", "steps") if k in counts},
-            "metrics": record.get("metrics", {}), "world_size": record.get("world_size", 1),
-            "stats": {k: record[k] for k in ("counts", "skipped", "dropped", "samples") if k in record}}
+    return finalize_counts(records["train"][0]["stats"], ("examples", "train_examples", "val_examples", "steps"))
 
 
 STAGE = Stage(

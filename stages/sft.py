@@ -30,96 +30,35 @@ are pretrain's.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from llmpipe.registry import Plan, Stage
 
-DATA_SUFFIXES = (".json", ".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
+from llmpipe.train.finetune import FineTuneParams, check_chat_checkpoint, finalize_counts, plan_checks
 
 
 @dataclass(frozen=True)
-class Params:
-    checkpoint: str = field(default="", metadata={"help": "The model to tune: an earlier pretrain/sft step or a checkpoint directory."})
+class Params(FineTuneParams):
     format: Literal["auto", "alpaca", "messages", "sharegpt", "prompt_response", "multiple_choice"] = field(
         default="auto", metadata={"help": "Data format; auto detects it per row from the fields it has."})
-    max_seq_len: int = field(default=0, metadata={"help": "Tokens per example (longer ones lose their end); 0: the model's context."})
-    batch_size: int = field(default=16, metadata={"help": "Conversations per optimizer step over all ranks; grad accumulation makes up the rest."})
-    micro_batch: int = field(default=8, metadata={"help": "Conversations per forward/backward on one rank."})
-    max_steps: int = field(default=0, metadata={"help": "Optimizer steps; 0: `epochs` passes over the training conversations."})
-    epochs: float = field(default=1.0, metadata={"help": "Passes over the training conversations when max_steps is 0."})
-    lr: float = field(default=3e-4, metadata={"help": "Peak learning rate."})
-    min_lr: float = field(default=3e-5, metadata={"help": "Learning rate at the end of the cosine schedule."})
-    warmup_steps: int = field(default=5, metadata={"help": "Linear warmup steps."})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay on matrices."})
-    grad_clip: float = field(default=1.0, metadata={"help": "Clip the global gradient norm to this (0: no clipping)."})
-    val_fraction: float = field(default=0.05, metadata={"help": "Share of conversations held out for validation loss (at least one when there are two or more)."})
-    eval_every: int = field(default=0, metadata={"help": "Steps between validation evaluations (0: before training and at the end only)."})
-    checkpoint_every: int = field(default=0, metadata={"help": "Steps between checkpoints (0: only at the end)."})
-    keep_last: int = field(default=1, metadata={"help": "Checkpoints kept under checkpoints/."})
-    seed: int = field(default=0, metadata={"help": "Seed of the held-out split and of the batch order."})
     lora_rank: int = field(default=0, metadata={"help": "LoRA rank; 0 fine-tunes every weight. The adapter is kept in adapter/ (PEFT's layout), the checkpoint is merged."})
     lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha: the update is scaled by alpha / rank."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input (training only)."})
     lora_targets: tuple[str, ...] = field(default=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
                                           metadata={"help": "Linear layers that get adapters: short names (q_proj), full names, or all-linear."})
-    max_bad_fraction: float = field(default=0.1, metadata={"help": "Fail when more than this share of the rows fits no format."})
-    nproc_per_node: int = field(default=1, metadata={"help": "Training processes per node (torchrun, DDP); 1 trains in this process."})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps."})
 
     def __post_init__(self):
-        if not self.checkpoint:
-            raise ValueError("checkpoint: give the model to fine-tune (a pretrain step or a checkpoint directory)")
-        if min(self.batch_size, self.micro_batch, self.nproc_per_node) < 1 or self.max_steps < 0 or self.max_seq_len < 0:
-            raise ValueError("batch_size: batch_size, micro_batch and nproc_per_node must be at least 1, max_steps and max_seq_len at least 0")
-        if self.batch_size % (self.micro_batch * self.nproc_per_node):
-            raise ValueError(f"batch_size: {self.batch_size} is not a multiple of micro_batch x nproc_per_node = {self.micro_batch * self.nproc_per_node}")
-        if self.max_steps == 0 and not self.epochs > 0:
-            raise ValueError(f"epochs: expected a number above 0 when max_steps is 0, got {self.epochs}")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"val_fraction: expected a number in [0, 1), got {self.val_fraction}")
-        if not 0 <= self.min_lr <= self.lr:
-            raise ValueError(f"min_lr: expected a number in [0, lr={self.lr}], got {self.min_lr}")
-        if self.device not in ("auto", "cpu", "cuda", "mps"):
-            raise ValueError(f"device: expected auto, cpu, cuda or mps, got {self.device!r}")
+        super().__post_init__()
         if self.lora_rank < 0 or not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_rank: expected a rank >= 0 (0: full fine-tuning) and lora_dropout in [0, 1), got {self.lora_rank}, {self.lora_dropout}")
 
 
-def check_chat_checkpoint(path: str, made: bool = True) -> None:
-    """ValueError unless `path` is a model directory whose tokenizer has the chat role tokens.
-
-    made=False: a path an earlier pipeline step has yet to make (or is making) passes; it is checked when the step runs.
-    """
-    from llmpipe.artifacts.layout import MANIFEST, RUN
-    from llmpipe.text.chat_template import role_ids
-    from llmpipe.text.tokenizer import check_tokenizer, load_tokenizer
-
-    p = Path(path)
-    if not made and (not p.exists() or ((p / RUN).exists() and not (p / MANIFEST).exists())):
-        return
-    for name in ("model.safetensors", "config.json"):
-        if not (p / name).is_file():
-            raise ValueError(f"checkpoint: {path} has no {name}; give a pretrain output or a checkpoint directory transformers loads")
-    check_tokenizer(path)
-    role_ids(load_tokenizer(path))
-
-
 def plan(params: Params, inputs) -> Plan:
-    from llmpipe.artifacts.checkpoint import TOKENIZER_FILES
-    from llmpipe.train.dist import check_device
-
-    check_device(params.device, built_only=True)
-    files = [f for inp in inputs for f in inp.files]
-    odd = [f for f in files if not f.endswith(DATA_SUFFIXES) and not f.startswith("embedded:")]
-    if odd:
-        raise ValueError(f"inputs: {odd[0]} is not instruction data; sft reads {', '.join(DATA_SUFFIXES)} files")
-    check_chat_checkpoint(params.checkpoint, made=False)
-    tokenizer_files = [f for f in TOKENIZER_FILES if (Path(params.checkpoint) / f).exists()] or list(TOKENIZER_FILES)
+    files = plan_checks(params, inputs, "instruction data", "sft")
     adapter = ["adapter/adapter_config.json", "adapter/adapter_model.safetensors"] if params.lora_rank else []
-    return Plan(phases=[("train", [{}])], files=["model.safetensors", "config.json", *tokenizer_files, "generation_config.json", "metrics.jsonl", "loss.png", *adapter])
+    return Plan(phases=[("train", [{}])], files=files + adapter)
 
 
 def load_examples(files: list[str], p: Params, tokenizer, max_len: int, stats) -> tuple[list, list]:
@@ -153,16 +92,15 @@ def batch_tensors(examples: list, pad_id: int, device: str):
 def train_task(ctx, task: dict) -> dict:
     import torch
 
-    from llmpipe.artifacts.checkpoint import write_model_dir
     from llmpipe.errors import InputError
     from llmpipe.model import Model
     from llmpipe.stats import TaskStats, check_bad_fraction
-    from llmpipe.text.chat_template import write_chat_template, write_generation_config
     from llmpipe.text.tokenizer import load_tokenizer
     from llmpipe.train.dist import check_device, init_distributed, shutdown_distributed
     from llmpipe.train.examples import step_examples
     from llmpipe.train.lora import apply_lora, merge_lora, save_adapter
-    from llmpipe.train.loop import LoopConfig, loss_png, train
+    from llmpipe.train.finetune import before_after, write_chat_checkpoint
+    from llmpipe.train.loop import LoopConfig, train
     from llmpipe.train.optim import lr_at, make_optimizer
 
     p: Params = ctx.params
@@ -188,7 +126,7 @@ def train_task(ctx, task: dict) -> dict:
         if not train_examples:
             raise InputError(f"{ctx.run['step']}: no conversation to train on in {len(ctx.input_files)} files (rows: {stats.counts.get('rows', 0)}, "
                              f"bad: {dict(stats.skipped) or 'none'})")
-        steps = p.max_steps or max(1, math.ceil(p.epochs * len(train_examples) / p.batch_size))
+        steps = p.steps(len(train_examples))
         accum = p.batch_size // (p.micro_batch * dist.world_size)
         pad = tokenizer.special.get("pad", 0)
 
@@ -227,13 +165,8 @@ def train_task(ctx, task: dict) -> dict:
             if p.lora_rank:  # the adapter for PEFT users, then one plain checkpoint for every later stage
                 save_adapter(model, ctx.out / "adapter", base_model_name_or_path=str(Path(p.checkpoint).resolve()))
                 merge_lora(model)
-            write_model_dir(ctx.out, model.state_dict(), hf_config, p.checkpoint)
-            write_chat_template(ctx.out)
-            write_generation_config(ctx.out)  # transformers' generate stops at <|end|> too
-            loss_png(ctx.out / "loss.png", ctx.out / "metrics.jsonl", f"sft: {len(train_examples)} conversations, {steps} steps")
-        metrics = {}
-        if evals:
-            metrics = {"val_loss_before": round(evals[0]["val_loss"], 5), "val_loss": round(evals[-1]["val_loss"], 5)}
+            write_chat_checkpoint(ctx.out, model, hf_config, p.checkpoint, f"sft: {len(train_examples)} conversations, {steps} steps")
+        metrics = before_after(evals)
         counts = {"conversations": len(train_examples) + len(val_examples), "train_conversations": len(train_examples),
                   "val_conversations": len(val_examples), "steps": steps, "trainable_parameters": trainable}
         return {**stats.to_json(), "counts": {**stats.counts, **counts}, "metrics": metrics, "world_size": dist.world_size}
@@ -242,11 +175,7 @@ def train_task(ctx, task: dict) -> dict:
 
 
 def finalize(ctx, stats: dict, records: dict) -> dict:
-    record = records["train"][0]["stats"]
-    counts = record.get("counts", {})
-    result = {"counts": {k: counts[k] for k in ("conversations", "train_conversations", "val_conversations", "steps", "trainable_parameters") if k in counts},
-              "metrics": record.get("metrics", {}), "world_size": record.get("world_size", 1),
-              "stats": {k: record[k] for k in ("counts", "skipped", "dropped", "samples") if k in record}}
+    result = finalize_counts(records["train"][0]["stats"], ("conversations", "train_conversations", "val_conversations", "steps", "trainable_parameters"))
     result["samples"] = chat_samples(ctx.out, ctx.input_files, ctx.params)
     return result
 

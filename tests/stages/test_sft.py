@@ -99,7 +99,7 @@ def test_mistakes_are_one_line(base, tmp_path):
     (tmp_path / "notes.txt").write_text("not instruction data\n")
     (tmp_path / "data.jsonl").write_text(json.dumps({"instruction": "Say hi", "output": "Hi"}) + "\n")
     line = _one_line_error(tmp_path, "sft", "--input", "data.jsonl", "--output", "out")
-    assert line == "error: sft --checkpoint: give the model to fine-tune (a pretrain step or a checkpoint directory)"
+    assert line == "error: sft --checkpoint: give the model to tune (an earlier step or a checkpoint directory)"
     line = _one_line_error(tmp_path, "sft", "--input", "notes.txt", "--output", "out", "--checkpoint", str(base / "model"))
     assert line == "error: sft inputs: <tmp>/notes.txt is not instruction data; sft reads .json, .jsonl, .jsonl.gz, .jsonl.zst, .parquet files"
     line = _one_line_error(tmp_path, "sft", "--input", "data.jsonl", "--output", "out", "--checkpoint", str(base / "tok"))
