@@ -1,7 +1,7 @@
 """Fine-tuning examples (one conversation or preference pair each): held-out split, batch order, padding.
 
-Shared by sft and dpo. The split is a hash of each example's file:row key and the seed, so adding
-data keeps the other examples where they were; a step's examples are a pure function of the step
+Shared by sft and dpo. The split is a hash of each example's file name, row and the seed, so adding
+data keeps the other examples where they were, and moving it changes nothing; a step's examples are a pure function of the step
 (exact resume), disjoint across DDP ranks; rows are right-padded, so under causal attention no
 token sees another example.
 """
@@ -9,11 +9,15 @@ token sees another example.
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Sequence
 
 
 def _unit(key: str, seed: int) -> float:
-    return int.from_bytes(hashlib.blake2b(f"{seed}\0{key}".encode(), digest_size=8).digest(), "little") / 2**64
+    """A uniform number in [0, 1) from the key's file NAME and row, so the split stays put when the data moves."""
+    path, _, row = key.rpartition(":")
+    stable = f"{os.path.basename(path)}:{row}" if path else key
+    return int.from_bytes(hashlib.blake2b(f"{seed}\0{stable}".encode(), digest_size=8).digest(), "little") / 2**64
 
 
 def val_keys(keys: Sequence[str], seed: int, fraction: float) -> set[str]:

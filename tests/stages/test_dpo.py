@@ -42,12 +42,12 @@ COMMON = ["--checkpoint", "model", "--max-seq-len", "128", "--batch-size", "16",
 @pytest.mark.slow
 def test_dpo_learns_a_learnable_preference(chat_base, shared_data):
     data = _shuffled_pairs(shared_data, chat_base / "shuffled.jsonl")
-    run_cli("dpo", "--input", str(data), "--output", "dpo", "--max-steps", "30", "--lr", "1e-3", "--val-fraction", "0.1", *COMMON,
+    run_cli("dpo", "--input", str(data), "--output", "dpo", "--max-steps", "40", "--lr", "1e-3", "--val-fraction", "0.1", *COMMON,
             cwd=chat_base, check=True)
     m = _manifest(chat_base / "dpo")
     before, after = m["metrics"]["eval_rewards/accuracies_before"], m["metrics"]["eval_rewards/accuracies"]
     print(f"dpo (sigmoid, beta 0.1) on real answers vs word-shuffled copies: held-out reward accuracy {before:.3f} -> {after:.3f}, "
-          f"margin {m['metrics']['eval_rewards/margins']:.3f} ({m['counts']['train_examples']} train / {m['counts']['val_examples']} held-out pairs, 30 steps)")
+          f"margin {m['metrics']['eval_rewards/margins']:.3f} ({m['counts']['train_examples']} train / {m['counts']['val_examples']} held-out pairs, 40 steps)")
     assert after >= 0.8, m["metrics"]
     assert before == 0.0, "at step 0 the policy is the reference: every reward is 0, none strictly above"
     assert (chat_base / "dpo" / "reference_logps.safetensors").is_file()

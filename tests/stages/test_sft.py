@@ -84,7 +84,7 @@ def test_sft_on_alpaca_lowers_held_out_assistant_loss(base, shared_data):
     # `llmpipe chat --message` answers through the saved template, greedy, as the manifest's sample did
     sample = m["samples"][0]
     chat = run_cli("chat", "sft", "--message", sample["prompt"], "--max-new-tokens", "48", cwd=base, check=True)
-    assert chat.stdout.strip() == sample["answer"].strip() and chat.stdout.strip()
+    assert chat.stdout == sample["answer"] + "\n", "the same ids as the stage's greedy sample: the template's prompt"
     records = [json.loads(line) for line in (base / "sft" / "metrics.jsonl").read_text().splitlines()]
     assert records[0] == {"eval": True, "step": 0, "val_loss": pytest.approx(before, abs=1e-5)}, "measured before training"
     # transformers' apply_chat_template on the saved checkpoint gives the ids sft trained on
