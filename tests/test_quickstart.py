@@ -70,7 +70,8 @@ def _help_examples_run_after_the_quickstart(cwd):
     for name in sorted(builtin_stages()):
         shown = run_cli(name.replace("_", "-"), "--help", cwd=cwd, check=True).stdout
         example = help_example(get_stage(name).doc)
-        assert shown.split("\n\n")[2].strip() == "Example (after the quickstart, from the repository root):\n    " + example
+        block = [line.strip() for line in shown.split("\n\n")[2].splitlines()]
+        assert block == ["Example (after the quickstart, from the repository root):", example], block
         args = shlex.split(example)
         assert args[:2] == ["llmpipe", name.replace("_", "-")]
         run_cli(*args[1:], cwd=cwd, check=True)
