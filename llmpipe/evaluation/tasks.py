@@ -76,21 +76,12 @@ def parse_spec(spec: str) -> TaskSpec:
 
 def read_rows(path: str) -> list[dict]:
     """The JSON objects of a .jsonl file (or a .json list); ValueError naming the line that is not one."""
-    text = Path(path).read_text(encoding="utf-8-sig")
-    if path.endswith(".json"):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"tasks: {path} is not valid JSON at line {e.lineno} ({e.msg})") from None
-        rows = rows if isinstance(rows, list) else [rows]
-    else:
-        rows = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"tasks: {path} line {lineno} is not valid JSON ({e.msg})") from None
+    from llmpipe.text.eval_items import read_json_objects
+
+    try:
+        rows = read_json_objects(path)
+    except ValueError as e:
+        raise ValueError(f"tasks: {e}") from None
     bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict)), None)
     if bad is not None:
         raise ValueError(f"tasks: {path} row {bad + 1} is not a JSON object")

@@ -59,12 +59,13 @@ def read_items(files: list[str]) -> Iterator[tuple[str, str]]:
                 for doc_id, text in zip(batch.column("id").to_pylist(), batch.column("text").to_pylist()):
                     yield f"{name}:{doc_id}", text
             continue
-        for n, obj in enumerate(_json_objects(path)):
+        for n, obj in enumerate(read_json_objects(path)):
             item_id = next((obj[k] for k in ID_FIELDS if k in obj), n) if isinstance(obj, dict) else n
             yield f"{name}:{item_id}", item_text(obj) if isinstance(obj, dict) else ""
 
 
-def _json_objects(path: str) -> list:
+def read_json_objects(path: str) -> list:
+    """The JSON values of a .json file (a list, or one value) or a JSON Lines file; UTF-8, else cp1252. ValueError names the bad line."""
     raw = Path(path).read_bytes()
     try:
         text = raw.decode("utf-8-sig")
