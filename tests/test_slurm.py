@@ -28,6 +28,7 @@ inputs = ["corpus/*.jsonl"]
 
 [steps.dedup]
 inputs = ["ingest"]
+near_dedup = false      # exact only: three phases (signatures, clusters, filter), each with four tasks or one
 keep_rejected = true
 """
 
