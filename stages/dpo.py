@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Literal
 
 from llmpipe.registry import Plan, Stage
-from llmpipe.train.finetune import FineTuneParams, check_chat_checkpoint, finalize_counts, plan_checks
+from llmpipe.train.finetune import FineTuneParams, check_chat_checkpoint, finalize_counts, plan_checks, read_examples
 
 REFERENCE_FILE = "reference_logps.safetensors"
 
@@ -156,7 +156,6 @@ def _setup(ctx):
     """(params, tokenizer, max_len, train, val, stats) as both phases see them: the same examples in the same order."""
     from llmpipe.errors import InputError
     from llmpipe.model import ModelConfig
-    from llmpipe.stats import TaskStats, check_bad_fraction
     from llmpipe.text.tokenizer import load_tokenizer
     from llmpipe.train.dist import check_device
 
@@ -170,12 +169,7 @@ def _setup(ctx):
     context = ModelConfig.from_hf(json.loads((Path(p.checkpoint) / "config.json").read_text())).max_seq_len
     max_len = min(p.max_seq_len or context, context)
     tokenizer = load_tokenizer(p.checkpoint)
-    stats = TaskStats()
-    train, val = load_examples(ctx.input_files, p, tokenizer, max_len, stats)
-    check_bad_fraction(stats.to_json(), "rows", p.max_bad_fraction, ctx.run["step"])
-    if not train:
-        raise InputError(f"{ctx.run['step']}: no {'example' if p.loss == 'kto' else 'pair'} to train on in {len(ctx.input_files)} files "
-                         f"(rows: {stats.counts.get('rows', 0)}, bad: {dict(stats.skipped) or 'none'})")
+    train, val, stats = read_examples(ctx, load_examples, tokenizer, max_len, "example" if p.loss == "kto" else "pair")
     return p, tokenizer, max_len, train, val, stats
 
 

@@ -36,7 +36,7 @@ from typing import Literal
 
 from llmpipe.registry import Plan, Stage
 
-from llmpipe.train.finetune import FineTuneParams, check_chat_checkpoint, finalize_counts, plan_checks
+from llmpipe.train.finetune import FineTuneParams, check_chat_checkpoint, finalize_counts, plan_checks, read_examples
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,6 @@ def train_task(ctx, task: dict) -> dict:
 
     from llmpipe.errors import InputError
     from llmpipe.model import Model
-    from llmpipe.stats import TaskStats, check_bad_fraction
     from llmpipe.text.tokenizer import load_tokenizer
     from llmpipe.train.dist import check_device, init_distributed, shutdown_distributed
     from llmpipe.train.examples import step_examples
@@ -120,12 +119,7 @@ def train_task(ctx, task: dict) -> dict:
                 raise InputError(f"{ctx.run['step']} lora_targets: {e}") from None
         tokenizer = load_tokenizer(p.checkpoint)
         max_len = min(p.max_seq_len or model.config.max_seq_len, model.config.max_seq_len)
-        stats = TaskStats()
-        train_examples, val_examples = load_examples(ctx.input_files, p, tokenizer, max_len, stats)
-        check_bad_fraction(stats.to_json(), "rows", p.max_bad_fraction, ctx.run["step"])
-        if not train_examples:
-            raise InputError(f"{ctx.run['step']}: no conversation to train on in {len(ctx.input_files)} files (rows: {stats.counts.get('rows', 0)}, "
-                             f"bad: {dict(stats.skipped) or 'none'})")
+        train_examples, val_examples, stats = read_examples(ctx, load_examples, tokenizer, max_len, "conversation")
         steps = p.steps(len(train_examples))
         accum = p.batch_size // (p.micro_batch * dist.world_size)
         pad = tokenizer.special.get("pad", 0)

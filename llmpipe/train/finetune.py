@@ -90,6 +90,21 @@ def plan_checks(params: FineTuneParams, inputs, what: str, stage: str) -> list[s
     return ["model.safetensors", "config.json", *tokenizer_files, "generation_config.json", "metrics.jsonl", "loss.png"]
 
 
+def read_examples(ctx, load, tokenizer, max_len: int, what: str):
+    """(train, val, stats) from the stage's `load(files, params, tokenizer, max_len, stats)`; fails past
+    max_bad_fraction, and with one line when nothing is left to train on."""
+    from llmpipe.errors import InputError
+    from llmpipe.stats import TaskStats, check_bad_fraction
+
+    p, step, stats = ctx.params, ctx.run["step"], TaskStats()
+    train, val = load(ctx.input_files, p, tokenizer, max_len, stats)
+    check_bad_fraction(stats.to_json(), "rows", p.max_bad_fraction, step)
+    if not train:
+        raise InputError(f"{step}: no {what} to train on in {len(ctx.input_files)} files "
+                         f"(rows: {stats.counts.get('rows', 0)}, bad: {dict(stats.skipped) or 'none'})")
+    return train, val, stats
+
+
 def write_chat_checkpoint(out: Path, model, hf_config: dict, tokenizer_dir: str, title: str) -> None:
     """The output every later stage reads: a plain checkpoint with the chat template (and transformers' stop at
     <|end|>), plus the loss curve."""
