@@ -59,15 +59,25 @@ def val_perplexity(model, tokens: Path, seq_len: int = 256, batch: int = 8) -> f
 
 
 def test_quantized_checkpoints_load_and_keep_val_perplexity(quantized, chat_base):
-    """The issue's bounds: int8 <= +1 %, int4 (group <= 128) <= +5 %, GPTQ int4 below RTN int4. On this 30-step model
-    they hold by far (measured: int8 +0.0005 %, int4 +0.008 %, GPTQ +0.001 % on perplexity 414); benchmarks/quantize.py
-    measures a trained one (int8 -0.00 %, int4 +0.23 %, GPTQ +0.08 % on perplexity 27)."""
+    """The issue's bounds: int8 <= +1 %, int4 (group <= 128) <= +5 %, GPTQ int4 closer to the float model than RTN int4.
+    This 30-step model's perplexity (~410) is nearly flat, so quantization moves it by +-0.003 % either way, below what
+    can rank GPTQ against RTN (CI once saw GPTQ +0.0024 % vs RTN -0.0031 %); the ranking is asserted on what GPTQ
+    minimizes instead, the error of the outputs against the float model's (measured: RTN 1.5e-6, GPTQ 2.5e-8 of the
+    logits' variance). benchmarks/quantize.py ranks them by perplexity on a trained model (int8 -0.00 %, int4 +0.23 %,
+    GPTQ +0.08 % on perplexity 27)."""
     from llmpipe.model import Model, plain_linears
     from llmpipe.quant import QuantLinear
 
-    ppl = {}
+    from llmpipe.train.data import PackedBatches, split_shards
+
+    x, _ = PackedBatches(split_shards(chat_base / "tokens", "val"), seq_len=128, batch_size=8, shuffle=False).batch(0)
+    ppl, logits_error = {}, {}
     for name in ("fp32", "int8", "int4", "gptq"):
         model = Model.from_checkpoint(quantized[name]).eval()
+        with torch.no_grad():
+            logits = model(x)[0]
+        reference = logits if name == "fp32" else reference
+        logits_error[name] = ((logits - reference).pow(2).mean() / reference.var()).item()
         if name != "fp32":
             blocks = model.model.layers
             assert all(isinstance(m, QuantLinear) for b in blocks for m in b.projections()), "every projection is quantized"
@@ -77,7 +87,9 @@ def test_quantized_checkpoints_load_and_keep_val_perplexity(quantized, chat_base
     print("val perplexity: " + ", ".join(f"{k} {v:.4f} ({100 * (v / ppl['fp32'] - 1):+.4f} %)" for k, v in ppl.items()))
     assert ppl["int8"] <= 1.01 * ppl["fp32"]
     assert ppl["int4"] <= 1.05 * ppl["fp32"]
-    assert ppl["gptq"] < ppl["int4"]
+    assert ppl["gptq"] <= 1.05 * ppl["fp32"]
+    print("logits' squared error / variance: " + ", ".join(f"{k} {v:.2e}" for k, v in logits_error.items()))
+    assert logits_error["gptq"] < 0.5 * logits_error["int4"]
     config = json.loads((quantized["gptq"] / "config.json").read_text())["quantization"]
     assert {k: config[k] for k in ("format", "method", "bits", "group_size", "symmetric", "act_order")} == \
         {"format": "llmpipe", "method": "gptq", "bits": 4, "group_size": GROUP, "symmetric": False, "act_order": False}
