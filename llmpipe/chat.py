@@ -58,16 +58,18 @@ def load_chat_model(checkpoint: str | Path):
 class Chat:
     """A conversation with a chat model: reply(text) streams the answer to one user message, and keeps both.
 
-    Sampling is generate's: greedy at temperature 0, else top-p drawn from one generator seeded with
-    `seed` for the whole conversation, so the same lines give the same answers; reset() re-seeds it.
+    Decoding is generate's (a llmpipe.decoding.Decoding, greedy by default): sampling draws from one
+    generator seeded with its seed for the whole conversation, so the same lines give the same answers;
+    reset() re-seeds it. An answer also ends at any of `stop` (strings; cut before it).
     """
 
-    def __init__(self, model, tok, system: str | None = None, max_new_tokens: int = 64, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int = 0):
+    def __init__(self, model, tok, system: str | None = None, decoding=None, stop: tuple[str, ...] = ()):
+        from llmpipe.decoding import Decoding
         from llmpipe.text.chat_template import role_ids
 
         self.model, self.tok, self.system = model, tok, system
-        self.max_new_tokens, self.temperature, self.top_p, self.seed = max_new_tokens, temperature, top_p, seed
+        self.decoding, self.stop = decoding or Decoding(), tuple(s for s in stop if s)
+        self.max_new_tokens = self.decoding.max_new_tokens
         self.context = model.config.max_seq_len
         self.stop_ids = {role_ids(tok)["end"], tok.special["eos"]}
         self.dropped_turns = 0  # user messages (with their answers) dropped to fit the context, over the whole session
@@ -76,10 +78,8 @@ class Chat:
 
     def reset(self) -> None:
         """Forget every turn but the system message."""
-        from llmpipe.generate import seeded
-
         self.messages: list[dict] = [{"role": "system", "content": self.system}] if self.system is not None else []
-        self.generator = seeded(self.seed, self.temperature)
+        self.generator = self.decoding.generator()
 
     def reply(self, text: str) -> Iterator[str]:
         """The answer to `text` as text pieces, streamed as tokens are made. The exchange joins the conversation
@@ -112,16 +112,30 @@ class Chat:
         made: list[int] = []
 
         def tokens():
-            for token in new_tokens(self.model, ids, self.max_new_tokens, self.temperature, self.top_p, self.generator, self.stop_ids):
+            for token in new_tokens(self.model, ids, self.decoding, self.generator, self.stop_ids):
                 made.append(token)
                 if token not in self.stop_ids:
                     yield token
 
-        yield from decode_stream(self.tok, tokens())
+        text = shown = ""
+        for piece in decode_stream(self.tok, tokens()):
+            text += piece
+            at = min((text.find(s) for s in self.stop if s in text), default=None)
+            # show up to a stop string, holding back a tail that may be the start of one
+            end = at if at is not None else len(text) - max((k for s in self.stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+            if end > len(shown):
+                yield text[len(shown):end]
+                shown = text[:end]
+            if at is not None:
+                break
+        else:
+            if len(text) > len(shown):
+                yield text[len(shown):]
+                shown = text
         answer = [t for t in made if t not in self.stop_ids]
         room = self.context - len(ids)
         self.stopped_at_context = room < self.max_new_tokens and len(made) == room and len(answer) == len(made)
-        self.messages = [*messages, {"role": "assistant", "content": self.tok.decode(answer)}]
+        self.messages = [*messages, {"role": "assistant", "content": shown}]
 
 
 def _say(text: str) -> None:

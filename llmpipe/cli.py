@@ -189,13 +189,20 @@ def inspect(artifact, rows):
 
 
 def sampling_options(command):
-    """The sampling flags of generate and chat: one list, so the two commands never drift apart."""
+    """The decoding flags of generate and chat: one list, so the two commands never drift apart."""
     options = [
         click.option("--max-new-tokens", default=64, show_default=True, type=click.IntRange(min=0),
                      help="Tokens to generate (per answer in chat; fewer when the model's context fills up)."),
         click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0), help="0 is greedy; above 0 samples."),
+        click.option("--top-k", default=0, show_default=True, type=click.IntRange(min=0),
+                     help="Sampling: keep the k most likely tokens (and any tied with the k-th); 0 keeps all."),
         click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True),
-                     help="Nucleus sampling: keep the smallest set of tokens with this much probability (0 < p <= 1)."),
+                     help="Sampling: keep the smallest set of most likely tokens with this much probability (0 < p <= 1)."),
+        click.option("--min-p", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+                     help="Sampling: keep tokens at least this fraction as likely as the most likely one; 0 keeps all."),
+        click.option("--repetition-penalty", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+                     help="Lower tokens already in the text (CTRL's: a score divided by it, or multiplied when negative); 1 is off."),
+        click.option("--stop", multiple=True, help="Stop at this string, cut before it (repeatable); eos always stops."),
         click.option("--seed", default=0, show_default=True, help="Sampling seed."),
     ]
     for option in reversed(options):  # click lists options in decoration order, bottom up
@@ -203,20 +210,53 @@ def sampling_options(command):
     return command
 
 
+def decoding(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, num_beams=1, length_penalty=1.0):
+    """The flags as a llmpipe.decoding.Decoding; a combination that means nothing is one line."""
+    from llmpipe.decoding import Decoding
+    from llmpipe.errors import InputError
+
+    d = Decoding(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                 repetition_penalty=repetition_penalty, num_beams=num_beams, length_penalty=length_penalty, seed=seed)
+    if d.problem():
+        raise InputError(d.problem())
+    return d
+
+
 @cli.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--prompt", default="", help="Text to continue.")
+@click.option("--prompts", "prompts_file", type=click.Path(path_type=Path),
+              help="A file of prompts: one per line, or JSONL with a \"prompt\" field; writes one JSON line per prompt.")
+@click.option("--output", type=click.Path(path_type=Path), help="With --prompts: the JSONL file to write (default: stdout).")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="With --prompts: prompts decoded together.")
+@click.option("--num-beams", default=1, show_default=True, type=click.IntRange(min=1), help="Beam search with this many beams (1: off).")
+@click.option("--length-penalty", default=1.0, show_default=True, type=float,
+              help="Beam search: a hypothesis scores its log-probability / length ** this (> 0 favours longer ones).")
 @sampling_options
-def generate(checkpoint, prompt, max_new_tokens, temperature, top_p, seed):
-    """Continue a prompt with a pretrain checkpoint (KV cache; greedy or top-p)."""
-    from llmpipe.generate import generate as run_generation, load_for_generation
+def generate(checkpoint, prompt, prompts_file, output, batch_size, num_beams, length_penalty, stop, **flags):
+    """Continue a prompt, or every prompt of a file, with a checkpoint (KV cache; greedy, sampling or beam search).
 
+    \b
+    Example (after the quickstart, from the repository root):
+        llmpipe generate runs/pretrain/model --prompt "The" --temperature 0.8 --top-k 50 --top-p 0.95
+
+    Strategies and flags mean what they mean in transformers' generate(), which gives the same tokens.
+    """
+    from llmpipe.generate import complete, load_for_generation, read_prompts, write_completions
+
+    d = decoding(**flags, num_beams=num_beams, length_penalty=length_penalty)
+    if prompts_file is None and output is not None:
+        raise UserError("generate --output: it holds the completions of --prompts; give --prompts FILE too")
+    prompts = read_prompts(prompts_file) if prompts_file is not None else None
     model, tok = load_for_generation(checkpoint)
-    out = run_generation(model, tok, prompt, max_new_tokens, temperature, top_p, seed)
-    click.echo(out.text)  # prompt included
-    if out.stopped_at_context:  # after the text, so nothing generated is lost
-        click.echo(f"note: stopped after {out.new_tokens} of {max_new_tokens} new tokens: the model's context of {out.context} tokens "
-                   "is full (prompt and bos included)", err=True)
+    if prompts is None:
+        out = complete(model, tok, [prompt], d, stop)[0]
+        click.echo(out.text)  # prompt included
+        if out.stopped_at_context:  # after the text, so nothing generated is lost
+            click.echo(f"note: stopped after {out.new_tokens} of {d.max_new_tokens} new tokens: the model's context of {out.context} tokens "
+                       "is full (prompt and bos included)", err=True)
+        return
+    write_completions(model, tok, prompts, d, stop, batch_size, output)
 
 
 @cli.command()
@@ -224,7 +264,7 @@ def generate(checkpoint, prompt, max_new_tokens, temperature, top_p, seed):
 @click.option("--message", default=None, help="Answer this one message on stdout and exit (for scripts).")
 @click.option("--system", default=None, help="System message that opens the conversation.")
 @sampling_options
-def chat(checkpoint, message, system, max_new_tokens, temperature, top_p, seed):
+def chat(checkpoint, message, system, stop, **flags):
     """Talk to a chat checkpoint (sft or dpo output) through its chat template; answers stream as they are made.
 
     In a terminal: a "> " prompt, /reset starts over, /exit (or Ctrl-D) quits. With piped stdin each
@@ -232,7 +272,7 @@ def chat(checkpoint, message, system, max_new_tokens, temperature, top_p, seed):
     """
     from llmpipe.chat import run
 
-    sys.exit(run(checkpoint, message, system, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed))
+    sys.exit(run(checkpoint, message, system, decoding=decoding(**flags), stop=stop))
 
 
 @cli.command(hidden=True)

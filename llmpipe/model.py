@@ -144,7 +144,8 @@ def rope_cache(seq_len: int, head_dim: int, theta: float) -> tuple[torch.Tensor,
 
 
 def apply_rope(x, cos, sin):
-    """Rotate each pair (x[i], x[i + D/2]) by its position's angle. x [B, T, H, D]; cos, sin [T, 1, D/2]."""
+    """Rotate each pair (x[i], x[i + D/2]) by its position's angle. x [B, T, H, D]; cos, sin [T, 1, D/2] or, when
+    rows count positions differently (a left-padded batch), [B, T, 1, D/2]."""
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
@@ -158,16 +159,17 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=False)
 
-    def forward(self, x, cos, sin, cache: list | None = None):
+    def forward(self, x, cos, sin, cache: list | None = None, mask=None):
         B, T, C = x.shape
         H, K = self.n_head, self.n_kv_head
-        if plain_linears(self.q_proj, self.k_proj, self.v_proj):
-            # one GEMM for q, k and v: fewer, larger kernels (the weights stay the three HF-named parameters)
+        if cache is None and plain_linears(self.q_proj, self.k_proj, self.v_proj):
+            # one GEMM for q, k and v: fewer, larger kernels (the weights stay the three HF-named parameters); not
+            # with a KV cache, where a step is one token and concatenating the weights would cost more than it saves
             qkv = F.linear(x, torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight)))
         else:
             qkv = torch.cat((self.q_proj(x), self.k_proj(x), self.v_proj(x)), dim=-1)
         q, k, v = qkv.view(B, T, H + 2 * K, self.head_dim).split([H, K, K], dim=2)
-        cos, sin = cos[:, None].to(qkv.dtype), sin[:, None].to(qkv.dtype)  # [T, 1, D/2]; bf16 under autocast, as HF
+        cos, sin = cos.unsqueeze(-2).to(qkv.dtype), sin.unsqueeze(-2).to(qkv.dtype)  # [(B,) T, 1, D/2]; bf16 under autocast, as HF
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D], [B, K, T, D], [B, K, T, D]
         past = 0
@@ -178,7 +180,9 @@ class Attention(nn.Module):
                 v = torch.cat([cache[1], v], dim=2)
             cache[:] = [k, v]
         gqa = self.n_kv_head != self.n_head
-        if past == 0:
+        if mask is not None:  # a left-padded batch: [B, 1, T, S]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        elif past == 0:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)  # [B, H, T, D]
         elif T == 1:  # one new token sees every cached position
             y = F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
@@ -199,8 +203,9 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.n_embd, bias=False)
 
     def forward(self, x):
-        if plain_linears(self.gate_proj, self.up_proj):
-            # one matmul for gate and up: fewer, larger GEMMs (the weights stay two HF-named parameters)
+        if x.shape[1] > 1 and plain_linears(self.gate_proj, self.up_proj):
+            # one matmul for gate and up: fewer, larger GEMMs (the weights stay two HF-named parameters); not for one
+            # token (a cached decoding step), where concatenating the weights costs more than it saves
             gate, up = F.linear(x, torch.cat((self.gate_proj.weight, self.up_proj.weight))).chunk(2, dim=-1)
         else:
             gate, up = self.gate_proj(x), self.up_proj(x)
@@ -219,7 +224,7 @@ class Block(nn.Module):
         a, m = self.self_attn, self.mlp
         return a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj
 
-    def forward(self, x, rope, cache=None):
+    def forward(self, x, rope, cache=None, mask=None):
         """rope: `cpu_ops.rope_freqs` (a tensor) to run as `cpu_ops.block`, else (cos, sin) [T, D/2]; the caller
         chooses (`Model.forward`: `fused_block` and plain projections in every block)."""
         if isinstance(rope, torch.Tensor):
@@ -227,7 +232,7 @@ class Block(nn.Module):
             return cpu_ops.block(x, self.input_layernorm.weight, a.q_proj.weight, a.k_proj.weight, a.v_proj.weight, a.o_proj.weight,
                                  self.post_attention_layernorm.weight, m.gate_proj.weight, m.up_proj.weight, m.down_proj.weight,
                                  rope, a.n_head, a.n_kv_head, self.input_layernorm.eps)
-        x = x + self.self_attn(self.input_layernorm(x), *rope, cache)
+        x = x + self.self_attn(self.input_layernorm(x), *rope, cache, mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -279,14 +284,27 @@ class Model(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx, targets=None, cache: list | None = None):
-        """idx [B, T] -> logits [B, T, V] (and the mean loss over targets != -1); cache: one list per layer, filled in place."""
+    def forward(self, idx, targets=None, cache: list | None = None, left_pad=None):
+        """idx [B, T] -> logits [B, T, V] (and the mean loss over targets != -1); cache: one list per layer, filled in place.
+
+        left_pad [B]: pad tokens at the start of each row (a batch of prompts of different lengths, llmpipe/decoding.py):
+        no position attends to them, and each row counts positions from its first real token."""
         B, T = idx.shape
         past = cache[0][0].shape[2] if cache and cache[0] else 0
         if past + T > self.config.max_seq_len:
             raise ValueError(f"sequence of {past + T} tokens is longer than max_seq_len {self.config.max_seq_len}")
-        cos, sin = self.rope_cos[past:past + T].to(idx.device), self.rope_sin[past:past + T].to(idx.device)  # [T, D/2]
-        fused = fused_block(idx, cache) and all(plain_linears(*block.projections()) for block in self.model.layers)
+        mask = None
+        if left_pad is None:
+            cos, sin = self.rope_cos[past:past + T].to(idx.device), self.rope_sin[past:past + T].to(idx.device)  # [T, D/2]
+        else:
+            query = torch.arange(past, past + T, device=idx.device)  # [T]
+            position = (query[None] - left_pad[:, None]).clamp(min=0)  # [B, T]
+            cos, sin = self.rope_cos.to(idx.device)[position], self.rope_sin.to(idx.device)[position]  # [B, T, D/2]
+            key = torch.arange(past + T, device=idx.device)  # [S]
+            # causal, minus the pads; a pad query sees itself, so no row of the softmax is empty (NaN)
+            mask = (key <= query[:, None]) & ((key >= left_pad[:, None, None]) | (key == query[:, None]))  # [B, T, S]
+            mask = mask[:, None]  # [B, 1, T, S]
+        fused = mask is None and fused_block(idx, cache) and all(plain_linears(*block.projections()) for block in self.model.layers)
         rope = cpu_ops.rope_freqs(cos, sin, self.config.n_head + self.config.n_kv_head) if fused else (cos, sin)
         x = self.model.embed_tokens(idx)  # [B, T, C]
         for i, block in enumerate(self.model.layers):
@@ -295,7 +313,7 @@ class Model(nn.Module):
 
                 x = checkpoint(block, x, rope, use_reentrant=False)
             else:
-                x = block(x, rope, cache[i] if cache is not None else None)
+                x = block(x, rope, cache[i] if cache is not None else None, mask)
         x = self.model.norm(x)
         logits = self.lm_head(x)  # [B, T, V]
         loss = None
@@ -317,37 +335,14 @@ class Model(nn.Module):
     @torch.no_grad()
     def generate(self, idx, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
                  eos_token_id: int | None = None, use_cache: bool = True, generator: torch.Generator | None = None):
-        """idx [B, T] -> [B, T + new]: greedy when temperature is 0, else nucleus (top-p) sampling; stops when every row hit eos."""
+        """idx [B, T] -> [B, T + new]: greedy when temperature is 0, else nucleus (top-p) sampling; stops when every row
+        hit eos (later tokens of a row that did are the pad id). llmpipe/decoding.py has every other strategy."""
+        from llmpipe.decoding import Decoding, token_steps
+
         was_training = self.training
         self.eval()
-        cache = [[] for _ in self.model.layers] if use_cache else None
-        done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
-        step_input = idx
-        for _ in range(max_new_tokens):
-            if cache is None:
-                step_input = idx[:, -self.config.max_seq_len:]
-            logits, _ = self(step_input, cache=cache)
-            next_id = sample(logits[:, -1, :], temperature, top_p, generator)  # [B, 1]
-            if eos_token_id is not None:
-                next_id = torch.where(done[:, None], torch.full_like(next_id, eos_token_id), next_id)
-                done |= next_id[:, 0] == eos_token_id
-            idx = torch.cat([idx, next_id], dim=1)
-            step_input = next_id
-            if eos_token_id is not None and bool(done.all()):
-                break
+        d = Decoding(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+        eos = () if eos_token_id is None else (eos_token_id,)
+        new = list(token_steps(self, idx.tolist(), d, eos, generator, use_cache))
         self.train(was_training)
-        return idx
-
-
-def sample(logits, temperature: float, top_p: float, generator=None):
-    """logits [B, V] -> ids [B, 1]."""
-    if temperature <= 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    probs = F.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)  # [B, V]
-        keep = sorted_probs.cumsum(dim=-1) - sorted_probs < top_p  # the smallest set reaching top_p (at least one)
-        sorted_probs = sorted_probs * keep
-        choice = torch.multinomial(sorted_probs, 1, generator=generator)  # [B, 1] into the sorted order
-        return order.gather(-1, choice)
-    return torch.multinomial(probs, 1, generator=generator)
+        return torch.cat([idx, torch.stack(new, dim=1)], dim=1) if new else idx

@@ -216,13 +216,14 @@ def finalize(ctx, stats: dict, records: dict) -> dict:
 
 def samples(checkpoint, tokenizer_path: str, prompt: str = "The", new_tokens: int = 40) -> dict:
     """A greedy and a top-p continuation of `prompt` (KV cache), logged so a run shows what it learned."""
-    from llmpipe.generate import generate_text, load_for_generation
+    from llmpipe.decoding import Decoding
+    from llmpipe.generate import generate, load_for_generation
     from llmpipe.log import log
 
     model, tok = load_for_generation(checkpoint, tokenizer_path, complete=False)
     out = {}
     for name, kwargs in (("greedy", {}), ("top_p", {"temperature": 0.8, "top_p": 0.9})):
-        out[name] = generate_text(model, tok, prompt, new_tokens, **kwargs)
+        out[name] = generate(model, tok, prompt, Decoding(max_new_tokens=new_tokens, **kwargs)).text
         log(f"sample ({name}): {out[name]!r}")
     return out
 

@@ -23,6 +23,8 @@ from tests.test_errors import _one_line_error
 pytest.importorskip("torch")
 pytest.importorskip("sentencepiece")
 
+from llmpipe.decoding import Decoding  # noqa: E402  (after the skip: it imports torch)
+
 # what the model learns: U1 -> A1, then U2 -> A2 in that conversation; U2 alone -> B2; U1 after system S -> C1
 U1, A1 = "What is the capital of France?", "Paris, the city of light. Grüße 🗼"
 U2, A2, B2 = "And of Japan?", "Tokyo, 東京.", "Which country do you mean?"
@@ -112,7 +114,7 @@ def test_the_answer_is_the_learned_reply_and_its_end_token(ckpts, loaded):
     model, tok = loaded
     prompt, _ = render([{"role": "user", "content": U1}], tok, add_generation_prompt=True)
     assert prompt[0] == 5 and prompt[-1] == 6  # <|user|> ... <|assistant|>, no bos
-    made = list(new_tokens(model, prompt, 60, stop_ids={END, EOS}))
+    made = list(new_tokens(model, prompt, Decoding(60), stop_ids={END, EOS}))
     assert made == tok.encode(A1) + [END]  # 60 allowed, stopped at <|end|>
 
 
@@ -127,13 +129,13 @@ def test_reset_keeps_the_system_message_and_the_seed(loaded):
     from llmpipe.chat import Chat
 
     model, tok = loaded
-    chat = Chat(model, tok, system=S, max_new_tokens=40)
+    chat = Chat(model, tok, system=S, decoding=Decoding(40))
     assert "".join(chat.reply(U1)) == C1
     assert [m["role"] for m in chat.messages] == ["system", "user", "assistant"] and chat.messages[2]["content"] == C1
     chat.reset()
     assert chat.messages == [{"role": "system", "content": S}] and "".join(chat.reply(U1)) == C1
 
-    sampled = Chat(model, tok, max_new_tokens=20, temperature=1.5, seed=7)
+    sampled = Chat(model, tok, decoding=Decoding(20, temperature=1.5, seed=7))
     first = "".join(sampled.reply(U2))
     sampled.reset()
     assert "".join(sampled.reply(U2)) == first
@@ -144,11 +146,12 @@ def test_sampling_flags_are_generates_and_give_the_library_answer(ckpts, loaded)
     from llmpipe.cli import cli
 
     def sampling(command):
-        return {p.name: (p.opts, repr(p.type), p.default, p.help) for p in cli.commands[command].params if p.name not in ("checkpoint", "prompt", "message", "system")}
+        own = ("checkpoint", "prompt", "prompts_file", "output", "batch_size", "num_beams", "length_penalty", "message", "system")
+        return {p.name: (p.opts, repr(p.type), p.default, p.help) for p in cli.commands[command].params if p.name not in own}
 
-    assert sampling("chat") == sampling("generate") and len(sampling("chat")) == 4
+    assert sampling("chat") == sampling("generate") and len(sampling("chat")) == 8
     model, tok = loaded
-    expected = "".join(Chat(model, tok, max_new_tokens=12, temperature=1.5, top_p=0.95, seed=3).reply(U2))
+    expected = "".join(Chat(model, tok, decoding=Decoding(12, temperature=1.5, top_p=0.95, seed=3)).reply(U2))
     res = _chat(ckpts, "--message", U2, "--max-new-tokens", "12", "--temperature", "1.5", "--top-p", "0.95", "--seed", "3")
     assert (res.returncode, res.stdout) == (0, expected + "\n")
 
@@ -161,7 +164,7 @@ def test_a_long_conversation_drops_its_oldest_turns_and_says_so_once(ckpts, load
     from llmpipe.text.chat_template import render
 
     model, tok = loaded
-    chat = Chat(model, tok, system=S, max_new_tokens=40)
+    chat = Chat(model, tok, system=S, decoding=Decoding(40))
     for text in (U1, U2, U1, U2, U1):
         "".join(chat.reply(text))
         assert len(render(chat.messages[:-1], tok, add_generation_prompt=True)[0]) + 40 <= CONTEXT
@@ -224,7 +227,7 @@ def test_streamed_pieces_join_to_the_full_decode(loaded):
         ids = [rng.randrange(tok.vocab_size) for _ in range(rng.randint(1, 30))]
         assert "".join(decode_stream(tok, ids)) == tok.decode(ids), ids
     # through the model: pieces as they are made, no leading space, the emoji whole
-    answer = list(Chat(model, tok, max_new_tokens=60).reply(U1))
+    answer = list(Chat(model, tok, decoding=Decoding(60)).reply(U1))
     assert "".join(answer) == A1 and answer[0] == "P" and answer[-1] == "🗼" and len(answer) > 10
 
 
@@ -235,13 +238,13 @@ def test_new_tokens_stops_at_any_stop_id_and_samples_as_model_generate(loaded):
 
     model, tok = loaded
     ids = [tok.special["bos"], *tok.encode("The city")]
-    greedy = list(new_tokens(model, ids, 12))
+    greedy = list(new_tokens(model, ids, Decoding(12)))
     assert len(greedy) == 12 and greedy == model.generate(torch.tensor([ids]), 12)[0, len(ids):].tolist()
     stop = greedy[4]
-    assert list(new_tokens(model, ids, 12, stop_ids={stop, -5})) == greedy[:greedy.index(stop) + 1]
+    assert list(new_tokens(model, ids, Decoding(12), stop_ids={stop, -5})) == greedy[:greedy.index(stop) + 1]
     reference = model.generate(torch.tensor([ids]), 12, temperature=1.2, top_p=0.9, eos_token_id=EOS, generator=torch.Generator().manual_seed(5))
-    assert generate(model, tok, "The city", 12, temperature=1.2, top_p=0.9, seed=5).text == tok.decode(reference[0, 1:].tolist())
-    assert len(list(new_tokens(model, ids, 500))) == CONTEXT - len(ids)  # the context bounds it
+    assert generate(model, tok, "The city", Decoding(12, temperature=1.2, top_p=0.9, seed=5)).text == tok.decode(reference[0, 1:].tolist())
+    assert len(list(new_tokens(model, ids, Decoding(500)))) == CONTEXT - len(ids)  # the context bounds it
 
 
 # ---------------------------------------------------------------- transformers

@@ -235,11 +235,12 @@ def test_generate_with_a_prompt_longer_than_the_context_is_one_line(base, tmp_pa
 
 
 def test_generate_past_the_context_stops_there_and_keeps_the_text(base, tmp_path):
+    from llmpipe.decoding import Decoding
     from llmpipe.generate import generate, load_for_generation
 
     model, tok = load_for_generation(base / "model")
     room = 64 - 1 - len(tok.encode("The"))
-    expected = generate(model, tok, "The", 100)
+    expected = generate(model, tok, "The", Decoding(100))
     assert expected.new_tokens == room and expected.stopped_at_context
     res = run_cli("generate", str(base / "model"), "--prompt", "The", "--max-new-tokens", "100", cwd=tmp_path, timeout=120)
     assert res.returncode == 0, res.stderr
