@@ -33,32 +33,29 @@ def generation(model, tok, task: dict, num_fewshot: int, seed: int, limit: int, 
     n = min(limit, len(docs)) if limit else len(docs)
     rows = []
     for doc_id, (doc, ctx) in enumerate(zip(docs, contexts(docs, n, num_fewshot, seed))):
-        text = greedy_until(model, tok, ctx, max_new_tokens, stops, device)
+        text = greedy_until(model, tok, ctx, max_new_tokens, stops)
         pred, gold = M.extract_answer(text), M.extract_answer(doc.gold)
         rows.append({"doc_id": doc_id, "generation": text, "pred": pred, "gold": gold, "exact_match": float(pred == gold), "context": ctx})
     return rows, {**M.aggregate(rows, ("exact_match",)), "num_fewshot": num_fewshot}
 
 
-def greedy_until(model, tok, context: str, max_new_tokens: int, stops: Sequence[str], device: str, chunk: int = 32) -> str:
+def greedy_until(model, tok, context: str, max_new_tokens: int, stops: Sequence[str]) -> str:
     """The greedy continuation of `context` up to the first stop string, eos or max_new_tokens.
 
     The prompt keeps its last (context - max_new_tokens) tokens, as lm-eval left-truncates it.
-    Tokens come `chunk` at a time so a short answer stops early (greedy: the same tokens as one call).
     """
-    import torch
+    from llmpipe.decoding import Decoding, token_steps
 
     max_len = model.config.max_seq_len
     if max_new_tokens >= max_len:
         raise ValueError(f"max_new_tokens {max_new_tokens} leaves no room for the prompt in the model's context of {max_len} tokens")
     ids = ([tok.bos_id] + tok.encode(context))[-(max_len - max_new_tokens):]
     new: list[int] = []
-    while len(new) < max_new_tokens:
-        step = min(chunk, max_new_tokens - len(new))
-        out = model.generate(torch.tensor([ids + new], device=device), step, eos_token_id=tok.eos_id)[0, len(ids) + len(new):].tolist()
-        ended = tok.eos_id in out
-        new += out[:out.index(tok.eos_id)] if ended else out
-        text = tok.decode(new)
-        if ended or any(s in text for s in stops):
+    for step in token_steps(model, [ids], Decoding(max_new_tokens), (tok.eos_id,)):
+        if int(step[0]) == tok.eos_id:
+            break
+        new.append(int(step[0]))
+        if any(s in tok.decode(new) for s in stops):  # a short answer stops early
             break
     return M.cut_at_stop(tok.decode(new), stops)
 
