@@ -81,7 +81,13 @@ def _gained_backward(grad_wg, w, gain, sizes, inverse_rows=None):
 @functools.lru_cache(maxsize=None)
 def _interleaved_rows(n_rotated: int, n_plain: int, head_dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Row order of the fused [q; k; v] weight putting each RoPE pair (i, i + D/2) of every q and k head
-    next to each other (2i, 2i + 1), v rows in their order; and its inverse."""
+    next to each other (2i, 2i + 1), v rows in their order; and its inverse. Made outside inference mode: a cached
+    tensor first made during generation (llmpipe/decoding.py) would otherwise refuse to join autograd later."""
+    with torch.inference_mode(False):
+        return _row_orders(n_rotated, n_plain, head_dim, device)
+
+
+def _row_orders(n_rotated: int, n_plain: int, head_dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     half = head_dim // 2
     within = torch.stack((torch.arange(half), torch.arange(half) + half), dim=1).reshape(-1)  # 0, D/2, 1, D/2 + 1, ...
     rotated = (torch.arange(n_rotated)[:, None] * head_dim + within).reshape(-1)

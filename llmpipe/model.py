@@ -150,6 +150,32 @@ def apply_rope(x, cos, sin):
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
+def attend(q, k, v, cache: list | None, mask, gqa: bool):
+    """Causal attention of q [B, H, T, D] over the cached and new k, v [B, K, T, D] -> [B, H, T, D]; `cache` = [k, v] of
+    earlier positions ([] before the first call) is extended in place; `mask` [B, 1, T, S] for a left-padded batch."""
+    T = q.shape[2]
+    past = 0
+    if cache is not None:
+        if cache:
+            past = cache[0].shape[2]
+            k = torch.cat([cache[0], k], dim=2)  # [B, K, S, D]
+            v = torch.cat([cache[1], v], dim=2)
+        cache[:] = [k, v]
+    if mask is not None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+    if past == 0:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    if T == 1:  # one new token sees every cached position
+        return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+    causal = torch.ones(T, past + T, dtype=torch.bool, device=q.device).tril(diagonal=past)  # several new tokens after a cache
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal, enable_gqa=gqa)
+
+
+def linear(module: nn.Module, x):
+    """x through a projection: F.linear on a plain layer's weight (no module call), else the module (quantized, LoRA)."""
+    return F.linear(x, module.weight) if type(module) is nn.Linear else module(x)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -172,23 +198,7 @@ class Attention(nn.Module):
         cos, sin = cos.unsqueeze(-2).to(qkv.dtype), sin.unsqueeze(-2).to(qkv.dtype)  # [(B,) T, 1, D/2]; bf16 under autocast, as HF
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D], [B, K, T, D], [B, K, T, D]
-        past = 0
-        if cache is not None:  # cache = [k, v] of earlier positions, or [] before the first call
-            if cache:
-                past = cache[0].shape[2]
-                k = torch.cat([cache[0], k], dim=2)  # [B, K, S, D]
-                v = torch.cat([cache[1], v], dim=2)
-            cache[:] = [k, v]
-        gqa = self.n_kv_head != self.n_head
-        if mask is not None:  # a left-padded batch: [B, 1, T, S]
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
-        elif past == 0:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)  # [B, H, T, D]
-        elif T == 1:  # one new token sees every cached position
-            y = F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
-        else:  # several new tokens after a cache: causal with an offset
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)  # [T, S]
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        y = attend(q, k, v, cache, mask, self.n_kv_head != self.n_head)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # [B, T, C]
         return self.o_proj(y)
 
@@ -291,19 +301,7 @@ class Model(nn.Module):
         no position attends to them, and each row counts positions from its first real token."""
         B, T = idx.shape
         past = cache[0][0].shape[2] if cache and cache[0] else 0
-        if past + T > self.config.max_seq_len:
-            raise ValueError(f"sequence of {past + T} tokens is longer than max_seq_len {self.config.max_seq_len}")
-        mask = None
-        if left_pad is None:
-            cos, sin = self.rope_cos[past:past + T].to(idx.device), self.rope_sin[past:past + T].to(idx.device)  # [T, D/2]
-        else:
-            query = torch.arange(past, past + T, device=idx.device)  # [T]
-            position = (query[None] - left_pad[:, None]).clamp(min=0)  # [B, T]
-            cos, sin = self.rope_cos.to(idx.device)[position], self.rope_sin.to(idx.device)[position]  # [B, T, D/2]
-            key = torch.arange(past + T, device=idx.device)  # [S]
-            # causal, minus the pads; a pad query sees itself, so no row of the softmax is empty (NaN)
-            mask = (key <= query[:, None]) & ((key >= left_pad[:, None, None]) | (key == query[:, None]))  # [B, T, S]
-            mask = mask[:, None]  # [B, 1, T, S]
+        cos, sin, mask = self.positions(idx, past, left_pad)
         fused = mask is None and fused_block(idx, cache) and all(plain_linears(*block.projections()) for block in self.model.layers)
         rope = cpu_ops.rope_freqs(cos, sin, self.config.n_head + self.config.n_kv_head) if fused else (cos, sin)
         x = self.model.embed_tokens(idx)  # [B, T, C]
@@ -320,6 +318,47 @@ class Model(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
+
+    def positions(self, idx, past: int, left_pad=None):
+        """RoPE's cos, sin for idx [B, T] after `past` cached positions ([T, D/2], or [B, T, D/2] when left_pad [B] says
+        how many pads open each row), and the attention mask [B, 1, T, S] of a left-padded batch (None without pads)."""
+        T = idx.shape[1]
+        if past + T > self.config.max_seq_len:
+            raise ValueError(f"sequence of {past + T} tokens is longer than max_seq_len {self.config.max_seq_len}")
+        if left_pad is None:
+            return self.rope_cos[past:past + T].to(idx.device), self.rope_sin[past:past + T].to(idx.device), None
+        query = torch.arange(past, past + T, device=idx.device)  # [T]
+        position = (query[None] - left_pad[:, None]).clamp(min=0)  # [B, T]
+        key = torch.arange(past + T, device=idx.device)  # [S]
+        # causal, minus the pads; a pad query sees itself, so no row of the softmax is empty (NaN)
+        mask = (key <= query[:, None]) & ((key >= left_pad[:, None, None]) | (key == query[:, None]))  # [B, T, S]
+        return self.rope_cos.to(idx.device)[position], self.rope_sin.to(idx.device)[position], mask[:, None]
+
+    @torch.inference_mode()
+    def decode(self, idx, cache: list, left_pad=None):
+        """The next-token logits [B, V] (last position only) of idx [B, T] after the cached positions (`cache`: one
+        list per layer, filled in place): forward's formulas as plain function calls, for generation
+        (llmpipe/decoding.py). A decoding step of a small model is mostly per-call overhead (module calls, per-call
+        checks, the autograd Functions of cpu_ops; benchmarks/decode_speed.py), none of which runs here.
+        tests/test_decoding.py holds the tokens it gives to transformers'."""
+        cfg = self.config
+        B, T = idx.shape
+        H, K, D = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        cos, sin, mask = self.positions(idx, cache[0][0].shape[2] if cache[0] else 0, left_pad)
+        x = F.embedding(idx, self.model.embed_tokens.weight)  # [B, T, C]
+        cos, sin = cos.unsqueeze(-2).to(x.dtype), sin.unsqueeze(-2).to(x.dtype)  # [(B,) T, 1, D/2]
+        for block, layer in zip(self.model.layers, cache):
+            a, m = block.self_attn, block.mlp
+            h = F.rms_norm(x, (cfg.n_embd,), block.input_layernorm.weight, block.input_layernorm.eps)
+            qk = apply_rope(torch.cat((linear(a.q_proj, h), linear(a.k_proj, h)), dim=-1).view(B, T, H + K, D), cos, sin)
+            q, k = qk.transpose(1, 2).split([H, K], dim=1)  # [B, H, T, D], [B, K, T, D]
+            v = linear(a.v_proj, h).view(B, T, K, D).transpose(1, 2)
+            y = attend(q, k, v, layer, mask, K != H).transpose(1, 2).reshape(B, T, cfg.n_embd)
+            x = x + linear(a.o_proj, y)
+            h = F.rms_norm(x, (cfg.n_embd,), block.post_attention_layernorm.weight, block.post_attention_layernorm.eps)
+            x = x + linear(m.down_proj, F.silu(linear(m.gate_proj, h)) * linear(m.up_proj, h))
+        x = F.rms_norm(x[:, -1], (cfg.n_embd,), self.model.norm.weight, self.model.norm.eps)
+        return linear(self.lm_head, x)
 
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())  # tied weights counted once
