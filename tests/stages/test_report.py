@@ -65,7 +65,24 @@ device = "cpu"
 [steps.evaluate]
 inputs = ["model", "tokens"]
 limit = 10
+
+[steps.quantize]
+inputs = ["model"]
+
+[steps.evaluate_int8]
+stage = "evaluate"
+inputs = ["quantize", "tokens"]
+limit = 10
+
+[steps.sft]
+inputs = ["embedded:python-qa"]
+checkpoint = "model"
+max_steps = 2
+batch_size = 8
+val_fraction = 0.01
+device = "cpu"
 """
+STEPS = ["ingest", "filter", "dedup", "tokenizer", "tokens", "model", "evaluate", "quantize", "evaluate_int8", "sft"]
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +99,7 @@ def run(tmp_path_factory) -> Path:
     (tmp / "tiny.toml").write_text(PIPELINE.format(work=tmp / "work", c4=C4, copy=copy))
     run_pipeline(load_pipeline(tmp / "tiny.toml"))
     res = run_cli("report", "tiny.toml", cwd=tmp, check=True)
-    assert "report.html" in res.stderr and "sections_filled=8" in res.stdout, res.stdout + res.stderr
+    assert "report.html" in res.stderr and "sections_filled=9" in res.stdout, res.stdout + res.stderr
     return tmp
 
 
@@ -98,9 +115,8 @@ def test_every_section_filled_from_what_the_steps_recorded(run):
     report, work = _report(run), run / "work"
     manifests = {p.parent.name: json.loads(p.read_text()) for p in work.glob("*/_manifest.json")}
     assert [s["id"] for s in report["sections"]] == [i for i, _ in SECTIONS]
-    assert [s["name"] for s in report["steps"]] == ["ingest", "filter", "dedup", "tokenizer", "tokens", "model", "evaluate"]
-    # one line, not a missing section, where the pipeline has nothing to show (it quantizes nothing)
-    assert {s["id"]: s["empty"] for s in report["sections"] if s["empty"]} == {"quantization": "No quantized checkpoint among the report's inputs."}
+    assert [s["name"] for s in report["steps"]] == STEPS
+    assert [s["id"] for s in report["sections"] if s["empty"]] == []
     funnel = {r["step"]: r for r in _section(report, "funnel")["steps"]}
     # 300 C4 documents + 40 of them copied; the filter's rules remove 85 + 10 copies, dedup the 30 copies that survived
     assert [(s, funnel[s]["documents_in"], funnel[s]["documents_out"]) for s in funnel] == [
@@ -110,12 +126,22 @@ def test_every_section_filled_from_what_the_steps_recorded(run):
     assert _section(report, "dedup")["steps"][0]["cluster_sizes"] == {"2": 30}
     tokens = _section(report, "tokens")["steps"][0]
     assert tokens["sources"][0]["step"] == "dedup" and tokens["splits"]["train"]["tokens"] == manifests["tokens"]["counts"]["train_tokens"]
-    training = _section(report, "training")["steps"][0]
-    assert training["step"] == "model" and [p for p, _ in training["train_loss"]] == [1, 2, 3, 4, 5, 6]
-    assert training["metrics"] == manifests["model"]["metrics"]
+    training = _section(report, "training")["steps"]
+    assert [(t["step"], [p for p, _ in t["train_loss"]]) for t in training] == [("model", [1, 2, 3, 4, 5, 6]), ("sft", [1, 2])]
+    assert [t["metrics"] for t in training] == [manifests["model"]["metrics"], manifests["sft"]["metrics"]]
     evaluation = _section(report, "evaluation")["rows"]
-    assert [(r["step"], r["checkpoint"], r["task"], r["metrics"]["n"]) for r in evaluation] == [("evaluate", "model", "perplexity", 10)]
-    assert [g["decoding"] for g in _section(report, "samples")["generations"]] == ["greedy", "top_p"]
+    assert [(r["step"], r["checkpoint"], r["task"], r["metrics"]["n"]) for r in evaluation] == [
+        ("evaluate", "model", "perplexity", 10), ("evaluate_int8", "quantize", "perplexity", 10)]
+    # the int8 checkpoint beside its float input: sizes and speeds quantize recorded, bits per byte from the evaluate step on each
+    (quantized,) = _section(report, "quantization")["rows"]
+    q = manifests["quantize"]
+    assert (quantized["checkpoint"], quantized["bits"], quantized["method"], quantized["model_bytes"], quantized["decode_tokens_per_s"]) == (
+        "model", 8, "rtn", q["counts"]["model_safetensors_bytes"], q["metrics"]["decode_tokens_per_s"])
+    assert quantized["bits_per_byte"] == pytest.approx(manifests["evaluate_int8"]["metrics"]["perplexity/bits_per_byte"], abs=1e-6)
+    assert quantized["input_bits_per_byte"] == pytest.approx(manifests["evaluate"]["metrics"]["perplexity/bits_per_byte"], abs=1e-6)
+    samples = _section(report, "samples")
+    assert [g["decoding"] for g in samples["generations"]] == ["greedy", "top_p"]
+    assert [(c["step"], c["prompt"], c["answer"]) for c in samples["chat"]] == [("sft", x["prompt"], x["answer"]) for x in manifests["sft"]["samples"]]
     resources = _section(report, "resources")["rows"]
     assert all(r["wall_seconds"] is not None and r["peak_rss_bytes"] > 10e6 for r in resources), resources
     # lineage: every step names its inputs (steps, files) and the params it was given
@@ -124,6 +150,24 @@ def test_every_section_filled_from_what_the_steps_recorded(run):
     assert [(i["step"], i["kind"]) for i in steps["filter"]["inputs"]] == [("ingest", "artifact")]
     assert [(p["param"], p["step"]) for p in steps["tokens"]["param_inputs"]] == [("tokenizer", "tokenizer")]
     assert steps["tokens"]["params_changed"] == ["tokenizer", "val_fraction"] and steps["filter"]["params_changed"] == ["keep_rejected"]
+
+
+def test_a_section_with_nothing_to_show_says_so_in_one_line(run):
+    """The stage alone on one artifact: sections it has no data for stay, each with its line."""
+    res = run_cli("report", "--input", "work/tokens", "--output", "partial", cwd=run, check=True)
+    assert res.stdout.strip() == "plots=3 sections=9 sections_filled=3 steps=1"
+    report = json.loads((run / "partial" / "report.json").read_text())
+    assert {s["id"]: s["empty"] for s in report["sections"] if s["empty"]} == {
+        "funnel": "No documents step among the report's inputs.",
+        "dedup": "No dedup step among the report's inputs.",
+        "training": "No training step (metrics.jsonl) among the report's inputs.",
+        "evaluation": "No evaluate step among the report's inputs.",
+        "quantization": "No quantized checkpoint among the report's inputs.",
+        "samples": "No step among the report's inputs recorded generations or chat answers.",
+    }
+    md, html = (run / "partial" / "report.md").read_text(), (run / "partial" / "report.html").read_text()
+    assert "## Quantization\n\n_No quantized checkpoint among the report's inputs._\n" in md
+    assert '<h2>Quantization</h2><p class="empty">No quantized checkpoint among the report&#x27;s inputs.</p>' in html
 
 
 def test_lineage_leads_from_a_removed_and_a_kept_document_to_its_input_record(run):
@@ -167,7 +211,7 @@ def test_markdown_and_plots_beside_it(run):
     out, report = run / "work" / "report", _report(run)
     md = (out / "report.md").read_text()
     plots = [p["file"] for s in report["sections"] for p in s["plots"]]
-    assert plots == ["plots/funnel.png", "plots/dedup-dedup.png", "plots/tokens.png", "plots/loss-model.png",
+    assert plots == ["plots/funnel.png", "plots/dedup-dedup.png", "plots/tokens.png", "plots/loss-model.png", "plots/loss-sft.png",
                      "plots/wall_time.png", "plots/peak_memory.png"]
     assert sorted(p.name for p in (out / "plots").iterdir()) == sorted(Path(p).name for p in plots)
     for title in (t for _, t in SECTIONS):
@@ -197,7 +241,7 @@ def test_report_step_in_a_pipeline_is_the_same_report(run):
     from llmpipe.step import state
 
     text = (run / "tiny.toml").read_text()
-    steps = '", "'.join(["ingest", "filter", "dedup", "tokenizer", "tokens", "model", "evaluate"])
+    steps = '", "'.join(STEPS)
     (run / "with_report.toml").write_text(text + f'\n[steps.report]\ninputs = ["{steps}"]\ntitle = "tiny: report"\n')
     built = build_steps(load_pipeline(run / "with_report.toml"))
     assert {name: state(st)[0] for name, st in built.items()} == {name: "fresh" for name in built}
@@ -256,5 +300,5 @@ def test_one_line_mistakes(run, tmp_path):
         f"error: report inputs: {C4} is not an llmpipe artifact;")
     # a step not run yet is named
     (run / "more.toml").write_text((run / "tiny.toml").read_text() + '\n[steps.strict]\nstage = "filter"\ninputs = ["dedup"]\nmin_chars = 2000\n')
-    assert _one_line_error(run, "report", "more.toml") == ("error: report: more.toml: 1 of 8 steps have no complete artifact yet (strict); "
+    assert _one_line_error(run, "report", "more.toml") == ("error: report: more.toml: 1 of 11 steps have no complete artifact yet (strict); "
                                                            "run them first: llmpipe run more.toml")
