@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 TEXT_PREVIEW = 300  # characters of each document's text shown
 COLUMNS = ("id", "text", "reason", "source", "path", "line", "offset", "url")
 
@@ -40,10 +42,16 @@ def _removed(step: str, path: Path, m: dict, n: int) -> list[dict]:
             rules[key.rpartition("/")[2]] = (key, count)
     found: dict[str, list[dict]] = {reason: [] for reason in rules}
     for part in sorted((path / "rejected").glob("*.parquet")):
-        for row_index, row in _rows(part):
-            docs = found.setdefault(row.get("reason") or "", [])
+        # the reason column alone picks the rows; only their row groups are read whole (texts can be gigabytes)
+        picked = []
+        for index, reason in enumerate(pq.read_table(part, columns=["reason"]).column(0).to_pylist()):
+            docs = found.setdefault(reason or "", [])
             if len(docs) < n:
-                docs.append(_document(row, part, row_index, path))
+                docs.append(index)  # the row's place, filled with the document below
+                picked.append(index)
+        rows = dict(_read_rows(part, picked))
+        for reason, docs in found.items():
+            found[reason] = [_document(rows[d], part, d, path) if isinstance(d, int) else d for d in docs]
         if all(len(v) >= n for v in found.values()):
             break
     out = []
@@ -80,10 +88,25 @@ def _kept(step: str, m: dict, names: dict, n: int, name_of) -> list[dict]:
     return out
 
 
+def _read_rows(part: Path, indices: list[int]) -> list[tuple[int, dict]]:
+    """(row index, row) of the given rows of a Parquet part, in the order given, reading only their row groups."""
+    pf = pq.ParquetFile(part)
+    columns = [c for c in COLUMNS if c in pf.schema_arrow.names]
+    starts, groups = [0], {}
+    for g in range(pf.num_row_groups):
+        starts.append(starts[-1] + pf.metadata.row_group(g).num_rows)
+    out = []
+    for index in indices:
+        g = next(k for k in range(pf.num_row_groups) if starts[k] <= index < starts[k + 1])
+        if g not in groups:
+            groups[g] = pf.read_row_group(g, columns=columns)
+        out.append((index, groups[g].slice(index - starts[g], 1).to_pylist()[0]))
+    return out
+
+
 def _rows(part: Path):
     """(row index, row) of a Parquet part, with the lineage columns it has."""
     from llmpipe.artifacts.documents import iter_batches
-    import pyarrow.parquet as pq
 
     columns = [c for c in COLUMNS if c in pq.read_schema(part).names]
     index = 0
