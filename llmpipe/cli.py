@@ -72,6 +72,34 @@ def stage_command(stage_name: str) -> click.Command:
     return click.Command(stage_name.replace("_", "-"), params=params, callback=callback, help=stage_help(stage.doc), short_help=stage.summary)
 
 
+def report_command() -> click.Command:
+    """`llmpipe report`: the report stage's command (--input ARTIFACT ... --output DIR), which also takes a
+    pipeline file instead of inputs: `llmpipe report PIPELINE.toml [--output DIR]` reports on every step."""
+    cmd = stage_command("report")
+    for p in cmd.params:
+        if p.name in ("inputs", "output"):
+            p.required = False
+    cmd.params.insert(0, click.Argument(["pipeline_file"], required=False, type=click.Path(path_type=Path)))
+    run_on_inputs = cmd.callback
+
+    def callback(pipeline_file, inputs, output, workers, force, **values):
+        if pipeline_file is None:
+            if not inputs or output is None:
+                raise UserError("report: give a pipeline file (llmpipe report pipelines/pretrain.toml) or --input ARTIFACT ... --output DIR")
+            return run_on_inputs(inputs=inputs, output=output, workers=workers, force=force, **values)
+        if inputs:
+            raise UserError(f"report --input: give a pipeline file ({pipeline_file}) or --input artifacts, not both")
+        from llmpipe.report.pipeline_report import report_pipeline
+
+        ctx = click.get_current_context()
+        given = {k: v for k, v in values.items() if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
+        manifest = report_pipeline(pipeline_file, output, force, **given)
+        _print_counts(manifest)
+
+    cmd.callback = callback
+    return cmd
+
+
 def help_example(doc: str) -> str:
     """The stage's first example command: runnable from the repository root after the quickstart."""
     return next(line.strip() for line in doc.splitlines() if line.strip().startswith("llmpipe "))
@@ -120,6 +148,8 @@ class LlmpipeGroup(click.Group):
             return cmd
         from llmpipe.registry import builtin_stages
 
+        if name == "report":
+            return report_command()
         if name.replace("-", "_") in builtin_stages():
             return stage_command(name.replace("-", "_"))
         return None

@@ -42,3 +42,32 @@ def funnel_png(path: Path, title: str, documents_in: int, removed: list[tuple[st
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
+
+
+def bars_png(path: Path, title: str, labels: list[str], series: dict[str, list[float]], xlabel: str, log: bool = False) -> None:
+    """Horizontal bars, one row per label; several series stack (train and val tokens of a source)."""
+    from llmpipe.artifacts.layout import atomic_path
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(labels) + 1.4))
+    left = [0.0] * len(labels)
+    colors = ["#4c72b0", "#dd8452", "#55a868", "#c44e52"]
+    for k, (name, values) in enumerate(series.items()):
+        ax.barh(range(len(labels)), values, left=left, color=colors[k % len(colors)], label=name)
+        left = [a + b for a, b in zip(left, values)]
+    for i, total in enumerate(left):
+        ax.text(total, i, f" {total:,.0f}" if total >= 100 else f" {total:.3g}", va="center", fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=9)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    if log:
+        ax.set_xscale("log")
+    else:
+        ax.set_xlim(0, max(left + [1]) * 1.2)
+    ax.set_title(title, fontsize=10)
+    if len(series) > 1:
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

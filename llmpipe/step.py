@@ -25,6 +25,7 @@ from llmpipe.config import canonical_json, params_from_mapping, params_to_dict
 from llmpipe.errors import InputError
 from llmpipe.fingerprint import PLANNED, content_hash, is_planned, step_fingerprint
 from llmpipe.inputs import Input
+from llmpipe.peak_memory import peak_rss_bytes, reset_peak
 from llmpipe.registry import Plan, Stage, get_stage
 from llmpipe.stats import merge
 
@@ -246,9 +247,11 @@ def run_task(out: Path, phase_index: int, task_index: int) -> dict:
     if record_path.exists():
         return read_json(record_path)
     stage, ctx = _context(out, run, phase_index, task_index)
+    reset_peak()
     t0 = time.time()
     stats = stage.run_task[phase["name"]](ctx, phase["tasks"][task_index]) or {}
-    record = {"stats": stats, "seconds": round(time.time() - t0, 3), "host": os.uname().nodename, "pid": os.getpid()}
+    record = {"stats": stats, "seconds": round(time.time() - t0, 3), "peak_rss_bytes": peak_rss_bytes(),
+              "host": os.uname().nodename, "pid": os.getpid()}
     # Under torchrun every rank runs the task; rank 0 alone says it is done.
     if int(os.environ.get("RANK", "0")) == 0:
         write_json_atomic(record_path, record)
@@ -285,6 +288,8 @@ def finalize(out: Path) -> dict:
         "timings": {
             "wall_seconds": round(time.time() - run.get("started", time.time()), 3),
             "task_seconds": {name: round(sum(r["seconds"] for r in recs), 3) for name, recs in records.items()},
+            # the largest task's peak resident memory (records written before it was measured have none)
+            "peak_rss_bytes": max((r["peak_rss_bytes"] for recs in records.values() for r in recs if "peak_rss_bytes" in r), default=None),
         },
         **extra,
     }

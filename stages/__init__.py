@@ -14,4 +14,5 @@ STAGES = {
     "dpo": "stages.dpo",
     "evaluate": "stages.evaluate",
     "quantize": "stages.quantize",
+    "report": "stages.report",
 }

@@ -315,7 +315,25 @@ def train_task(ctx, task: dict) -> dict:
 
 
 def finalize(ctx, stats: dict, records: dict) -> dict:
-    return finalize_counts(records["train"][0]["stats"], ("examples", "train_examples", "val_examples", "steps"))
+    result = finalize_counts(records["train"][0]["stats"], ("examples", "train_examples", "val_examples", "steps"))
+    result["samples"] = chat_samples(ctx.out, ctx.input_files, ctx.params)
+    return result
+
+
+def chat_samples(checkpoint: Path, files: list[str], p: Params, n: int = 2) -> list[dict]:
+    """The tuned model's greedy answers to the first held-out prompts (else the first prompts): what the chat model says now."""
+    from llmpipe.text.preference_data import read_kto, read_preferences
+    from llmpipe.train.examples import val_keys
+    from llmpipe.train.finetune import chat_answers
+
+    rows = read_kto(files, p.format) if p.loss == "kto" else read_preferences(files, p.format)
+    prompts, seen = [], set()
+    for row in rows:  # KTO reads a pair as two examples: each prompt once
+        if json.dumps(row.prompt) not in seen:
+            seen.add(json.dumps(row.prompt))
+            prompts.append((row.key, row.prompt))
+    held_out = val_keys([key for key, _ in prompts], p.seed, p.val_fraction)
+    return chat_answers(checkpoint, [x for x in prompts if x[0] in held_out][:n] or prompts[:n])
 
 
 STAGE = Stage(

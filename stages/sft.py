@@ -174,33 +174,17 @@ def finalize(ctx, stats: dict, records: dict) -> dict:
     return result
 
 
-def chat_samples(checkpoint: Path, files: list[str], p: Params, n: int = 2, new_tokens: int = 48) -> list[dict]:
+def chat_samples(checkpoint: Path, files: list[str], p: Params, n: int = 2) -> list[dict]:
     """Greedy answers to the first held-out prompts (else the first prompts), through the template, logged and kept."""
-    import torch
-
-    from llmpipe.log import log
-    from llmpipe.model import Model
     from llmpipe.text.chat_data import read_chat
-    from llmpipe.text.chat_template import render
-    from llmpipe.text.tokenizer import load_tokenizer
-
-    model, tok = Model.from_checkpoint(checkpoint).eval(), load_tokenizer(checkpoint)
     from llmpipe.train.examples import val_keys
+    from llmpipe.train.finetune import chat_answers
 
     conversations = list(read_chat(files, p.format))
     held_out = val_keys([k for k, _ in conversations], p.seed, p.val_fraction)
     chosen = [c for c in conversations if c[0] in held_out][:n] or conversations[:n]
-    out = []
-    for key, messages in chosen:
-        prompt = messages[: max(i for i, m in enumerate(messages) if m["role"] == "assistant")]
-        ids, _ = render(prompt, tok, add_generation_prompt=True)
-        ids = ids[-(model.config.max_seq_len - new_tokens):]
-        with torch.no_grad():
-            made = model.generate(torch.tensor([ids]), new_tokens, eos_token_id=tok.special["end"])[0, len(ids):].tolist()
-        answer = tok.sp.decode([t for t in made if t != tok.special["end"]])
-        log(f"sample ({key}): {prompt[-1]['content'][:60]!r} -> {answer!r}")
-        out.append({"key": key, "prompt": prompt[-1]["content"], "answer": answer})
-    return out
+    prompts = [(key, messages[: max(i for i, m in enumerate(messages) if m["role"] == "assistant")]) for key, messages in chosen]
+    return chat_answers(checkpoint, prompts)
 
 
 STAGE = Stage(

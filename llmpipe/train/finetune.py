@@ -132,3 +132,26 @@ def finalize_counts(record: dict, keys: tuple[str, ...]) -> dict:
     counts = record.get("counts", {})
     return {"counts": {k: counts[k] for k in keys if k in counts}, "metrics": record.get("metrics", {}),
             "world_size": record.get("world_size", 1), "stats": {k: record[k] for k in ("counts", "skipped", "dropped", "samples") if k in record}}
+
+
+def chat_answers(checkpoint: Path, prompts: list[tuple[str, list[dict]]], new_tokens: int = 48) -> list[dict]:
+    """Greedy answers of a chat checkpoint to (key, messages ending on a user turn) prompts, through its
+    template; logged and returned as the manifest's samples, which the report shows."""
+    import torch
+
+    from llmpipe.log import log
+    from llmpipe.model import Model
+    from llmpipe.text.chat_template import render
+    from llmpipe.text.tokenizer import load_tokenizer
+
+    model, tok = Model.from_checkpoint(checkpoint).eval(), load_tokenizer(checkpoint)
+    out = []
+    for key, prompt in prompts:
+        ids, _ = render(prompt, tok, add_generation_prompt=True)
+        ids = ids[-(model.config.max_seq_len - new_tokens):]
+        with torch.no_grad():
+            made = model.generate(torch.tensor([ids]), new_tokens, eos_token_id=tok.special["end"])[0, len(ids):].tolist()
+        answer = tok.sp.decode([t for t in made if t != tok.special["end"]])
+        log(f"sample ({key}): {prompt[-1]['content'][:60]!r} -> {answer!r}")
+        out.append({"key": key, "prompt": prompt[-1]["content"], "answer": answer})
+    return out

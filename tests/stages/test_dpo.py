@@ -100,3 +100,5 @@ def test_finetune_pipeline_runs_sft_then_dpo(chat_base):
     sft, dpo = (_manifest(chat_base / "runs" / "finetune" / name) for name in ("sft", "dpo"))
     assert sft["counts"]["steps"] == 3 and dpo["counts"]["steps"] == 2
     assert dpo["param_fingerprints"]["checkpoint"] == sft["content_hash"], "dpo reads the sft step's output"
+    # the tuned chat model's greedy answers to held-out prompts, kept for the report
+    assert [sorted(s) for s in dpo["samples"]] == [["answer", "key", "prompt"]] * 2 and all(s["prompt"] for s in dpo["samples"])

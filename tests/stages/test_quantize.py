@@ -124,6 +124,8 @@ def test_stored_sizes(quantized):
         counts = json.loads((quantized[name] / "_manifest.json").read_text())["counts"]
         assert counts["quantized_layers_fp32_bytes"] == fp32
         assert counts["quantized_layers_bytes"] == size
+        metrics = json.loads((quantized[name] / "_manifest.json").read_text())["metrics"]
+        assert metrics["decode_tokens_per_s"] > 0 and metrics["input_decode_tokens_per_s"] > 0  # measured for the report
         print(f"{name}: quantized layers {fp32} -> {size} bytes ({size / fp32:.3f} of fp32); model.safetensors "
               f"{counts['input_safetensors_bytes']} -> {counts['model_safetensors_bytes']} (the float embedding is most of it)")
     assert 0.25 < expected["int8"] / fp32 < 0.26 and 0.125 < expected["int4"] / fp32 < 0.15  # group 32; 128 gives 0.131
