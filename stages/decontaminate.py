@@ -4,8 +4,8 @@ Two phases: `index` (one task: every `ngram`-word window of every eval item, nor
 lowercase, no punctuation, as GPT-3's 13-gram overlap check does; items shorter than `ngram` words
 but at least `min_ngram` are indexed whole) and `scan` (one task per input part: a document sharing
 at least `min_matches` distinct n-grams with the index is contaminated). Eval sets come from
-`reference`: JSONL/JSON (HellaSwag, multiple-choice and question/answer formats; context plus gold
-answer) or any document artifact. The manifest lists every eval item found and in which documents.
+`reference`: JSONL/JSON (HellaSwag, multiple-choice, BLiMP and question/answer formats; context plus
+gold answer), any document artifact, or a task that ships with evaluate (`builtin:blimp_mini`). The manifest lists every eval item found and in which documents.
 
     llmpipe decontaminate --input runs/pretrain/dedup --output runs/clean --reference hellaswag_val.jsonl
     [steps.decontaminate]
@@ -29,7 +29,7 @@ NORM = TextNorm(lowercase=True, remove_punctuation=True, unicode_form="NFKC")
 
 @dataclass(frozen=True)
 class Params:
-    reference: str = field(default="", metadata={"help": "Eval set(s) to protect: a JSONL/JSON file, a glob, a directory, or a document artifact."})
+    reference: str = field(default="", metadata={"help": "Eval set(s) to protect: a JSONL/JSON file, a glob, a directory, a document artifact, or builtin:blimp_mini (ships with evaluate)."})
     ngram: int = field(default=13, metadata={"help": "Words per n-gram (13 as in GPT-3's and the Pile's decontamination)."})
     min_ngram: int = field(default=8, metadata={"help": "Eval items shorter than ngram words are indexed whole if they have at least this many words; shorter ones are skipped (counted)."})
     min_matches: int = field(default=1, metadata={"help": "Distinct shared n-grams that make a document contaminated."})
@@ -54,15 +54,27 @@ def plan(params: Params, inputs) -> Plan:
 
 def _check_reference(reference: str) -> None:
     """Read the eval set once before anything runs: unreadable lines or no usable item stop the step here."""
-    from llmpipe.errors import InputError
-    from llmpipe.inputs import resolve_input
     from llmpipe.text.eval_items import check_items
 
-    files = list(resolve_input(reference, where="reference").files)
+    files = reference_files(reference)
     try:
         check_items(files)
     except ValueError as e:
         raise ValueError(f"reference: {e}") from None
+
+
+def reference_files(reference: str) -> list[str]:
+    """The eval set's files: builtin:NAME for a task that ships with evaluate, else paths, globs or an artifact."""
+    from llmpipe.evaluation.tasks import SHIPPED
+    from llmpipe.inputs import BUILTIN_PREFIX, resolve_input
+
+    if reference.startswith(BUILTIN_PREFIX):
+        name = reference[len(BUILTIN_PREFIX):]
+        if name not in SHIPPED:
+            raise ValueError(f"reference: {reference} is not an eval set that ships with llmpipe; choose from "
+                             + ", ".join(BUILTIN_PREFIX + n for n in sorted(SHIPPED)))
+        return [str(SHIPPED[name])]
+    return list(resolve_input(reference, where="reference").files)
 
 
 def word_counts_and_grams(texts, lengths) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
@@ -86,11 +98,10 @@ def word_counts_and_grams(texts, lengths) -> tuple[np.ndarray, list[tuple[np.nda
 def index_task(ctx, task: dict) -> dict:
     """All n-grams of all eval items -> sorted hashes with their item numbers."""
     from llmpipe.artifacts.layout import write_json_atomic
-    from llmpipe.inputs import resolve_input
     from llmpipe.text.eval_items import read_items
 
     p: Params = ctx.params
-    items = list(read_items(list(resolve_input(p.reference, where="reference").files)))
+    items = list(read_items(reference_files(p.reference)))
     keys, texts = [k for k, _ in items], [t for _, t in items]
     counts, _ = word_counts_and_grams(texts, [])
     # items shorter than ngram words are indexed whole, as one gram of their own length

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 
 import pytest
 
@@ -52,10 +53,37 @@ def test_quickstart_pipeline_end_to_end(tmp_path):
     assert dpo["metrics"]["eval_rewards/accuracies"] >= 0.8, dpo["metrics"]
     answer = run_cli("chat", "runs/pretrain/dpo", "--message", "What does json.dumps do?", cwd=tmp_path, check=True).stdout
     assert len(re.findall(r"[A-Za-z]{2,}", answer)) >= 3, answer
+    # quantized: int8 weights and GGUF files; int8 moves held-out bits per byte by under 1 %
+    assert {f.name for f in (work / "quantize").glob("*.gguf")} == {"model-F16.gguf", "model-Q8_0.gguf"}
+    chat_bpb, int8_bpb = (manifests[s]["metrics"]["perplexity/bits_per_byte"] for s in ("eval_chat", "eval_int8"))
+    assert abs(int8_bpb / chat_bpb - 1) < 0.01, (chat_bpb, int8_bpb)
+    assert run_cli("chat", "runs/pretrain/quantize", "--message", "What does json.dumps do?", cwd=tmp_path, check=True).stdout.strip()
+    _report_is_complete(work / "report", tmp_path)
     assert first.stderr.count("running") == len(steps)
+    started = time.perf_counter()
     second = run_cli("run", str(pipeline), cwd=tmp_path, check=True)
-    assert second.stderr.count("fresh, skipped") == len(steps)
+    assert second.stderr.count("fresh, skipped") == len(steps) and time.perf_counter() - started < 30
     _help_examples_run_after_the_quickstart(tmp_path)
+
+
+def _report_is_complete(report_dir, tmp_path):
+    """Every section of the report filled, its PNGs real images of sensible size, and the page rendered by headless
+    Chromium (where it is installed: .ci/run installs it)."""
+    import shutil
+
+    from PIL import Image
+
+    from tests.stages.test_report import assert_renders_in_chromium
+
+    report = json.loads((report_dir / "report.json").read_text())
+    assert [s["id"] for s in report["sections"] if s["empty"]] == [], report["sections"]
+    plots = sorted((report_dir / "plots").glob("*.png"))
+    assert len(plots) >= 6, plots
+    for png in plots:
+        width, height = Image.open(png).size
+        assert 400 <= width <= 4000 and 150 <= height <= 4000, (png.name, width, height)
+    if shutil.which("chromium"):
+        assert_renders_in_chromium(report_dir, tmp_path)
 
 
 def _help_examples_run_after_the_quickstart(cwd):

@@ -15,7 +15,8 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
-CONTEXT_FIELDS = ("goal", "question", "query", "prompt", "instruction", "input", "passage", "context", "sentence", "text")
+# sentence_good: a BLiMP pair's grammatical sentence (its ungrammatical twin is not text anyone trains on)
+CONTEXT_FIELDS = ("goal", "question", "query", "prompt", "instruction", "input", "passage", "context", "sentence", "sentence_good", "text")
 CHOICE_FIELDS = ("endings", "choices", "options")
 LABEL_FIELDS = ("label", "gold", "answer_idx", "answerKey")
 ANSWER_FIELDS = ("answer", "output", "target", "completion", "response")

@@ -119,3 +119,18 @@ def test_cp1252_reference_is_read(tmp_path):
     llmpipe.run_stage("ingest", [str(tmp_path / "train.jsonl")], tmp_path / "train")
     m = llmpipe.run_stage(STAGE, [str(tmp_path / "train")], tmp_path / "out", reference=str(tmp_path / "eval.jsonl"))
     assert [r["id"] for r in rows(tmp_path / "out")] == ["u"] and m["decontamination"]["eval_items_found"] == 1
+
+
+def test_reference_may_be_an_eval_set_that_ships_with_llmpipe(tmp_path):
+    """builtin:blimp_mini (the quickstart's eval set): a BLiMP pair is indexed by its grammatical sentence, whole when
+    it is 8 to 12 words; a document quoting the ungrammatical twin stays."""
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in [
+        ("quotes", "A grammar exercise. The key to the cabinets is on the table. Now try the next one."),
+        ("twin", "A grammar exercise. The key to the cabinets are on the table. Spot the mistake."),
+        ("clean", "Nothing from any evaluation set is in this document about tables and cabinets.")]))
+    llmpipe.run_stage("ingest", [str(tmp_path / "train.jsonl")], tmp_path / "train")
+    m = llmpipe.run_stage(STAGE, [str(tmp_path / "train")], tmp_path / "out", reference="builtin:blimp_mini")
+    assert [r["id"] for r in rows(tmp_path / "out")] == ["twin", "clean"]
+    assert list(m["decontamination"]["found"]) == ["blimp_mini.jsonl:1"]  # its second row (keys count rows from 0)
+    with pytest.raises(ConfigError, match="^reference: builtin:nope is not an eval set that ships with llmpipe; choose from builtin:blimp_mini$"):
+        llmpipe.run_stage(STAGE, [str(tmp_path / "train")], tmp_path / "out2", reference="builtin:nope")

@@ -269,9 +269,15 @@ class _Page(HTMLParser):
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed (Debian: apt-get install -y chromium; .ci/run installs it)")
 def test_page_renders_in_headless_chromium(run, tmp_path):
+    assert_renders_in_chromium(run / "work" / "report", tmp_path)
+
+
+def assert_renders_in_chromium(report_dir: Path, tmp_path: Path) -> None:
+    """report.html in headless Chromium: every section heading and every plot in the DOM (images as data URIs), and a
+    screenshot that is a rendered page (many colours, none filling it). The quickstart test calls it too."""
     from PIL import Image
 
-    page, report = (run / "work" / "report" / "report.html").resolve(), _report(run)
+    page, report = (report_dir / "report.html").resolve(), json.loads((report_dir / "report.json").read_text())
     base = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,900"]
     dom = subprocess.run([*base, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
