@@ -132,5 +132,5 @@ def test_reference_may_be_an_eval_set_that_ships_with_llmpipe(tmp_path):
     m = llmpipe.run_stage(STAGE, [str(tmp_path / "train")], tmp_path / "out", reference="builtin:blimp_mini")
     assert [r["id"] for r in rows(tmp_path / "out")] == ["twin", "clean"]
     assert list(m["decontamination"]["found"]) == ["blimp_mini.jsonl:1"]  # its second row (keys count rows from 0)
-    with pytest.raises(ConfigError, match="^reference: builtin:nope is not an eval set that ships with llmpipe; choose from builtin:blimp_mini$"):
+    with pytest.raises(ConfigError, match="^decontaminate reference: builtin:nope is not an eval set that ships with llmpipe; choose from builtin:blimp_mini$"):
         llmpipe.run_stage(STAGE, [str(tmp_path / "train")], tmp_path / "out2", reference="builtin:nope")
