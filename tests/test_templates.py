@@ -48,6 +48,11 @@ def data_overrides(eval_dir: Path) -> list[str]:
                 "tokens.val_fraction=0.1")
 
 
+# Training runs use one thread per process: on a busy 2-core machine torch's second thread waits for a
+# core, and a step takes ~10x longer (measured: dpo 4.3 s alone vs 49 s beside another training run).
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
 def manifest(artifact: Path) -> dict:
     return json.loads((artifact / "_manifest.json").read_text())
 
@@ -155,7 +160,7 @@ def test_gpu_template_shrunk_to_cpu_trains_with_ddp_and_evaluates(data_run):
         assert res.returncode == 2 and res.stderr.strip() == (
             f"error: {path} [steps.model] device: torch {torch.__version__} is built without cuda support; "
             "use cpu (or auto), or install a torch built for cuda")
-    run_cli("run", path, *gpu_shrunk_to_cpu(), cwd=data_run, check=True, timeout=120)
+    run_cli("run", path, *gpu_shrunk_to_cpu(), cwd=data_run, check=True, timeout=120, env=ONE_THREAD)
     work = data_run / "runs" / "gpu"
     model = manifest(work / "model")
     assert model["world_size"] == 2 and model["counts"]["steps"] == 4  # two DDP processes under torchrun
@@ -177,7 +182,7 @@ def test_finetune_template_tunes_quantizes_and_evaluates(chat_base, tmp_path):
     sft_rows, pairs = SHARED_DATA / "sft/litgpt_fixtures/alpaca.json", SHARED_DATA / "preference/dpo_en_demo.json"
     shrink = sets(f"sft.checkpoint={chat_base / 'model'}", f"sft.inputs={json.dumps([str(sft_rows)])}", "sft.max_steps=10",
                   "sft.eval_every=10", f"dpo.inputs={json.dumps([str(pairs)])}", "dpo.max_steps=4", "dpo.eval_every=4", "dpo.max_seq_len=128")
-    run_cli("run", path, *shrink, cwd=tmp_path, check=True, timeout=120)
+    run_cli("run", path, *shrink, cwd=tmp_path, check=True, timeout=120, env=ONE_THREAD)
     work = tmp_path / "runs" / "finetune"
     m = {step: manifest(work / step) for step in ("sft", "dpo", "quantize", "evaluate")}
     assert m["sft"]["counts"]["steps"] == 10 and m["sft"]["counts"]["conversations"] == 23
@@ -194,7 +199,7 @@ def test_finetune_template_tunes_quantizes_and_evaluates(chat_base, tmp_path):
     assert results["blimp_mini"]["n"] == 40 and 0 <= results["blimp_mini"]["acc"] <= 1
     # the int8 chat model answers through its chat template
     answer = run_cli("chat", "runs/finetune/quantize", "--message", "What does os.path.join do?", "--max-new-tokens", "8",
-                     cwd=tmp_path, check=True)
+                     cwd=tmp_path, check=True, env=ONE_THREAD)
     assert answer.stdout.strip()
 
 
