@@ -11,6 +11,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -246,17 +247,32 @@ def test_slurm_scripts_are_valid_bash_with_llmpipe_commands_that_parse():
                 raise AssertionError(f"{command}: {e.format_message()}") from None
 
 
+def sbatch_and_wait(args: list[str], cwd: Path, env: dict, timeout: float = 300) -> str:
+    """Submit a job and wait for it to end; returns its final JobState (COMPLETED, FAILED, ...). Polls
+    scontrol twice a second: sbatch --wait polls at growing intervals and returns ~30 s after a 10 s job."""
+    res = subprocess.run(["sbatch", "--parsable", *args], cwd=cwd, capture_output=True, text=True, env=env, check=True)
+    job = res.stdout.strip().split(";")[0]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        show = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True).stdout
+        state = re.search(r"JobState=(\w+)", show).group(1)
+        if state not in ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING"):
+            return state
+        time.sleep(0.5)
+    subprocess.run(["scancel", job])
+    raise AssertionError(f"job {job} still {state} after {timeout} s")
+
+
 class TestOnSlurm:
     pytestmark = SLURM_MARKS
 
     def test_pipeline_sbatch_runs_the_data_template_in_one_allocation(self, data_run, tmp_path):
         """examples/slurm/pipeline.sbatch: the whole data.toml inside one Slurm job equals the local run, artifact by artifact."""
         path = copy_template("data.toml", tmp_path)
-        res = subprocess.run(["sbatch", "--wait", "--cpus-per-task=2", "--time=00:10:00", str(SLURM_EXAMPLES / "pipeline.sbatch"), path,
-                              *data_overrides(data_run / "eval")], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                             env={**os.environ, "PYTHONPATH": str(REPO)})
+        args = ["--cpus-per-task=2", "--time=00:10:00", str(SLURM_EXAMPLES / "pipeline.sbatch"), path, *data_overrides(data_run / "eval")]
+        state = sbatch_and_wait(args, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})
         logs = "".join(p.read_text() for p in tmp_path.glob("llmpipe-pipeline-*.out"))
-        assert res.returncode == 0, res.stderr + logs
+        assert state == "COMPLETED", logs
         assert "7 ran, 0 fresh" in logs
         for step in DATA_STEPS:
             slurm, local = manifest(tmp_path / "runs" / "data" / step), manifest(data_run / "runs" / "data" / step)
