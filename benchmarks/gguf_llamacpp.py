@@ -87,7 +87,7 @@ def main() -> None:
 
     def ours(m, x):
         with torch.no_grad():  # with a KV cache: the module path (the cacheless fused CPU block reads .weight, past the hooks)
-            return m(torch.tensor([x]), cache=[[] for _ in m.model.layers])[0][0].double().numpy()
+            return m(torch.tensor([x]), cache=m.new_cache())[0][0].double().numpy()
 
     model, half, emulated = reference(), reference(fp16_matrices=True), reference(fp16_matrices=True, fp16_inputs=True)
 

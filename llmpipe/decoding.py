@@ -137,7 +137,7 @@ def token_steps(model, prompts: Sequence[Sequence[int]], d: Decoding, stop_ids: 
     seen = seen_tokens(prompts, model.config.vocab_size, device, d)
     stops = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
-    cache = [[] for _ in model.model.layers] if use_cache else None
+    cache = model.new_cache() if use_cache else None
     step_input = idx
     for _ in range(room(model, prompts, d.max_new_tokens)):
         # inference mode (no autograd bookkeeping at all: ~1.2x a small model's step over no_grad); not around the
@@ -172,7 +172,7 @@ def beam_search(model, prompts: Sequence[Sequence[int]], d: Decoding, stop_ids: 
     seen = seen_tokens([p for p in prompts for _ in range(N)], V, device, d)
     stops = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
     steps = room(model, prompts, d.max_new_tokens)
-    cache = [[] for _ in model.model.layers]
+    cache = model.new_cache()
 
     running = torch.zeros(B, N, 0, dtype=torch.long, device=device)  # the new ids of each running beam
     running_scores = torch.full((B, N), NEG, device=device)
@@ -203,7 +203,7 @@ def beam_search(model, prompts: Sequence[Sequence[int]], d: Decoding, stop_ids: 
         running_scores, running = open_scores, candidates.gather(1, pick[..., None].expand(-1, -1, t + 1))
         rows = (source.gather(1, pick) + torch.arange(B, device=device)[:, None] * N).view(-1)  # [B*N] into the old beams
         for layer in cache:
-            layer[:] = [layer[0].index_select(0, rows), layer[1].index_select(0, rows)]
+            layer.reorder(rows)
         step_input = running[:, :, -1].reshape(B * N, 1)
         if seen is not None:
             seen = seen.index_select(0, rows).scatter_(1, step_input, True)

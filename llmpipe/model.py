@@ -150,17 +150,41 @@ def apply_rope(x, cos, sin):
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
-def attend(q, k, v, cache: list | None, mask, gqa: bool):
-    """Causal attention of q [B, H, T, D] over the cached and new k, v [B, K, T, D] -> [B, H, T, D]; `cache` = [k, v] of
-    earlier positions ([] before the first call) is extended in place; `mask` [B, 1, T, S] for a left-padded batch."""
+class KVCache:
+    """One layer's keys and values of the positions seen so far, in buffers [B, K, capacity, D] that grow by doubling:
+    a decoding step writes its one position in place, where concatenating would copy the whole cache every step
+    (a quarter of a small model's step). `Model.new_cache()` makes one per layer."""
+
+    def __init__(self):
+        self.k = self.v = None
+        self.length = 0
+
+    def extend(self, k, v):
+        """Append k, v [B, K, T, D]; the keys and values of every position so far [B, K, S, D] (views)."""
+        end = self.length + k.shape[2]
+        if self.k is None or end > self.k.shape[2]:
+            grown_k = k.new_empty(*k.shape[:2], max(end, 2 * end if self.k is not None else end), k.shape[3])
+            grown_v = torch.empty_like(grown_k)
+            if self.k is not None:
+                grown_k[:, :, :self.length], grown_v[:, :, :self.length] = self.k[:, :, :self.length], self.v[:, :, :self.length]
+            self.k, self.v = grown_k, grown_v
+        self.k[:, :, self.length:end], self.v[:, :, self.length:end] = k, v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+    def reorder(self, rows) -> None:
+        """Keep the batch rows `rows` [B'] (beam search: each new beam continues an old one)."""
+        self.k, self.v = self.k.index_select(0, rows), self.v.index_select(0, rows)
+
+
+def attend(q, k, v, cache: KVCache | None, mask, gqa: bool):
+    """Causal attention of q [B, H, T, D] over the cached and new k, v [B, K, T, D] -> [B, H, T, D]; `cache` holds the
+    earlier positions and is extended in place; `mask` [B, 1, T, S] for a left-padded batch."""
     T = q.shape[2]
     past = 0
     if cache is not None:
-        if cache:
-            past = cache[0].shape[2]
-            k = torch.cat([cache[0], k], dim=2)  # [B, K, S, D]
-            v = torch.cat([cache[1], v], dim=2)
-        cache[:] = [k, v]
+        past = cache.length
+        k, v = cache.extend(k, v)
     if mask is not None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
     if past == 0:
@@ -185,7 +209,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=False)
 
-    def forward(self, x, cos, sin, cache: list | None = None, mask=None):
+    def forward(self, x, cos, sin, cache: KVCache | None = None, mask=None):
         B, T, C = x.shape
         H, K = self.n_head, self.n_kv_head
         if cache is None and plain_linears(self.q_proj, self.k_proj, self.v_proj):
@@ -295,12 +319,12 @@ class Model(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def forward(self, idx, targets=None, cache: list | None = None, left_pad=None):
-        """idx [B, T] -> logits [B, T, V] (and the mean loss over targets != -1); cache: one list per layer, filled in place.
+        """idx [B, T] -> logits [B, T, V] (and the mean loss over targets != -1); cache: `new_cache()`, filled in place.
 
         left_pad [B]: pad tokens at the start of each row (a batch of prompts of different lengths, llmpipe/decoding.py):
         no position attends to them, and each row counts positions from its first real token."""
         B, T = idx.shape
-        past = cache[0][0].shape[2] if cache and cache[0] else 0
+        past = cache[0].length if cache else 0
         cos, sin, mask = self.positions(idx, past, left_pad)
         fused = mask is None and fused_block(idx, cache) and all(plain_linears(*block.projections()) for block in self.model.layers)
         rope = cpu_ops.rope_freqs(cos, sin, self.config.n_head + self.config.n_kv_head) if fused else (cos, sin)
@@ -319,6 +343,10 @@ class Model(nn.Module):
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
+    def new_cache(self) -> list[KVCache]:
+        """An empty KV cache: one KVCache per layer, for forward(cache=...) and decode()."""
+        return [KVCache() for _ in self.model.layers]
+
     def positions(self, idx, past: int, left_pad=None):
         """RoPE's cos, sin for idx [B, T] after `past` cached positions ([T, D/2], or [B, T, D/2] when left_pad [B] says
         how many pads open each row), and the attention mask [B, 1, T, S] of a left-padded batch (None without pads)."""
@@ -335,16 +363,16 @@ class Model(nn.Module):
         return self.rope_cos.to(idx.device)[position], self.rope_sin.to(idx.device)[position], mask[:, None]
 
     @torch.inference_mode()
-    def decode(self, idx, cache: list, left_pad=None):
-        """The next-token logits [B, V] (last position only) of idx [B, T] after the cached positions (`cache`: one
-        list per layer, filled in place): forward's formulas as plain function calls, for generation
+    def decode(self, idx, cache: list[KVCache], left_pad=None):
+        """The next-token logits [B, V] (last position only) of idx [B, T] after the cached positions (`cache`:
+        `new_cache()`, filled in place): forward's formulas as plain function calls, for generation
         (llmpipe/decoding.py). A decoding step of a small model is mostly per-call overhead (module calls, per-call
         checks, the autograd Functions of cpu_ops; benchmarks/decode_speed.py), none of which runs here.
         tests/test_decoding.py holds the tokens it gives to transformers'."""
         cfg = self.config
         B, T = idx.shape
         H, K, D = cfg.n_head, cfg.n_kv_head, cfg.head_dim
-        cos, sin, mask = self.positions(idx, cache[0][0].shape[2] if cache[0] else 0, left_pad)
+        cos, sin, mask = self.positions(idx, cache[0].length, left_pad)
         x = F.embedding(idx, self.model.embed_tokens.weight)  # [B, T, C]
         cos, sin = cos.unsqueeze(-2).to(x.dtype), sin.unsqueeze(-2).to(x.dtype)  # [(B,) T, 1, D/2]
         for block, layer in zip(self.model.layers, cache):

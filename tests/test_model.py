@@ -77,7 +77,7 @@ def test_cache_prefill_after_cache_is_causal():
     x = torch.randint(0, 260, (1, 30))
     with torch.no_grad():
         full, _ = model(x)
-        cache = [[] for _ in model.model.layers]
+        cache = model.new_cache()
         model(x[:, :20], cache=cache)
         part, _ = model(x[:, 20:], cache=cache)
     assert (full[:, 20:] - part).abs().max().item() < 1e-5
