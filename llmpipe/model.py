@@ -152,12 +152,14 @@ def apply_rope(x, cos, sin):
 
 class KVCache:
     """One layer's keys and values of the positions seen so far, in buffers [B, K, capacity, D] that grow by doubling:
-    a decoding step writes its one position in place, where concatenating would copy the whole cache every step
-    (a quarter of a small model's step). `Model.new_cache()` makes one per layer."""
+    a decoding step writes its one position in place, where concatenating would copy the whole cache every step.
+    `Model.new_cache()` makes one per layer. A cache serves forward(cache=...) or Model.decode, not both: on fp32 CPU
+    decode keeps keys with their RoPE pairs interleaved."""
 
     def __init__(self):
         self.k = self.v = None
         self.length = 0
+        self.qkv_weight = None  # Model.decode's fp32 CPU path: the layer's [q; k; v] rows joined once, q/k pairs interleaved
 
     def extend(self, k, v):
         """Append k, v [B, K, T, D]; the keys and values of every position so far [B, K, S, D] (views)."""
@@ -374,13 +376,27 @@ class Model(nn.Module):
         H, K, D = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         cos, sin, mask = self.positions(idx, cache[0].length, left_pad)
         x = F.embedding(idx, self.model.embed_tokens.weight)  # [B, T, C]
+        # fp32 on CPU: q, k and v from one GEMM on weights joined once per generation, with each RoPE pair (i, i + D/2)
+        # of q and k in adjacent rows, so RoPE is one complex multiply (cpu_ops' layout; q.k is the same in any
+        # order of head dimensions shared by q and k, and v keeps its order). A cache made here holds such keys.
+        joined = x.dtype == torch.float32 and x.device.type == "cpu"
+        if joined:
+            freqs = torch.complex(cos, sin).unsqueeze(-2)  # [(B,) T, 1, D/2]
         cos, sin = cos.unsqueeze(-2).to(x.dtype), sin.unsqueeze(-2).to(x.dtype)  # [(B,) T, 1, D/2]
         for block, layer in zip(self.model.layers, cache):
             a, m = block.self_attn, block.mlp
             h = F.rms_norm(x, (cfg.n_embd,), block.input_layernorm.weight, block.input_layernorm.eps)
-            qk = apply_rope(torch.cat((linear(a.q_proj, h), linear(a.k_proj, h)), dim=-1).view(B, T, H + K, D), cos, sin)
+            if joined and plain_linears(a.q_proj, a.k_proj, a.v_proj):
+                if layer.qkv_weight is None:
+                    rows = cpu_ops._interleaved_rows(H + K, K, D, x.device)[0]
+                    layer.qkv_weight = torch.cat((a.q_proj.weight, a.k_proj.weight, a.v_proj.weight))[rows]
+                qkv = F.linear(h, layer.qkv_weight).view(B, T, H + 2 * K, D)
+                qk = torch.view_as_real(cpu_ops._as_complex(qkv[:, :, :H + K]) * freqs).flatten(-2)
+                v = qkv[:, :, H + K:].transpose(1, 2)
+            else:
+                qk = apply_rope(torch.cat((linear(a.q_proj, h), linear(a.k_proj, h)), dim=-1).view(B, T, H + K, D), cos, sin)
+                v = linear(a.v_proj, h).view(B, T, K, D).transpose(1, 2)
             q, k = qk.transpose(1, 2).split([H, K], dim=1)  # [B, H, T, D], [B, K, T, D]
-            v = linear(a.v_proj, h).view(B, T, K, D).transpose(1, 2)
             y = attend(q, k, v, layer, mask, K != H).transpose(1, 2).reshape(B, T, cfg.n_embd)
             x = x + linear(a.o_proj, y)
             h = F.rms_norm(x, (cfg.n_embd,), block.post_attention_layernorm.weight, block.post_attention_layernorm.eps)
