@@ -23,77 +23,40 @@ CPU, ../shared/notes/ANCHORS.md). Different int8 numerics, so int8 greedy tokens
     python benchmarks/decode_speed.py --threads 1 --preset tiny         # ~20 s
     python benchmarks/decode_speed.py --checkpoint /tmp/llmpipe-quantize/model
 
-Measured 2026-11-30, torch 2.13.0 CPU, transformers 5.24, 2 shared cores (load average 1.9-2.5 during the
-runs), 128 new tokens, medians of 5:
+Measured 2026-11-30 (after Model.decode, the KV cache written in place and the joined q/k/v GEMM), torch 2.13.0
+CPU, transformers 5.24, 2 cores with no other job (load average 0.9), `--threads 1`, 128 new tokens, medians of 5:
 
-small preset (6 layers, d 384, 6 heads / 2 kv heads, vocab 4096, ~11M parameters), `--threads 1`:
+tiny preset (4 layers, d 128, 4 heads, vocab 4096, ~1.3M parameters), three runs of the script:
+
+| precision | batch | llmpipe tok/s | transformers tok/s | ratio (runs) | same greedy tokens |
+|---|---|---|---|---|---|
+| fp32 | 1 | 2229 | 1075 | 2.07x, 2.08x, 2.08x | yes |
+| fp32 | 8 | 7224 | 4264 | 1.74x, 1.69x, 1.67x | yes |
+| int8 | 1 | 1327 | 765 | 1.74x, 1.85x, 1.78x | yes |
+| int8 | 8 | 6172 | 4113 | 1.50x, 1.48x, 1.50x | yes |
+
+small preset (6 layers, d 384, 6 heads / 2 kv heads, vocab 4096, ~11M parameters):
 
 | precision | batch | llmpipe tok/s | transformers tok/s | ratio | llmpipe prefill ms | transformers prefill ms | same greedy tokens |
 |---|---|---|---|---|---|---|---|
-| fp32 | 1 | 248 | 226 | 1.10x | 12.5 | 12.7 | yes |
-| fp32 | 8 | 1065 | 989 | 1.08x | 65.6 | 57.5 | yes |
-| int8 | 1 | 342 | 396 | 0.86x | 11.9 | 6.6 | yes |
-| int8 | 8 | 1235 | 1706 | 0.72x | 63.7 | 16.1 | no (99.5 % equal) |
+| fp32 | 1 | 276 | 234 | 1.18x | 11.2 | 13.0 | yes |
+| fp32 | 8 | 1204 | 1079 | 1.12x | 53.9 | 54.4 | yes |
+| int8 | 1 | 368 | 357 | 1.03x | 9.8 | 6.4 | yes |
+| int8 | 8 | 1435 | 1830 | 0.78x | 52.5 | 15.8 | no (99.5 % equal) |
 
-tiny preset (4 layers, d 128, 4 heads, vocab 4096, ~1.3M parameters), `--threads 1`:
+The goal (llmpipe >= 2x transformers at batch 1 where per-step overhead dominates) is met on the tiny preset
+(2.08x; before Model.decode: 1.28x). On the small preset the linear layers are 2.84 ms of llmpipe's 3.55 ms step
+(transformers: 4.11 ms), so even zero overhead would give 1.45x: there 2x needs fewer bytes per weight, not less
+Python. int8 misses: QuantLinear casts its int8 weights to fp32 on every call (torch's int8 weight-only kernel
+takes fp32 activations but runs a reference loop 6x slower than the cast on this CPU), while transformers' dynamic
+int8 runs fbgemm's int8 GEMM on quantized activations (other numerics; its prefill is 3x faster). A prototype
+calling fbgemm's packed int8 linear from QuantLinear reached 460 tok/s at batch 1 (1.55x its cast path), but it
+quantizes activations too, which weight-only int8 promises not to; not adopted.
 
-| precision | batch | llmpipe tok/s | transformers tok/s | ratio | llmpipe prefill ms | transformers prefill ms | same greedy tokens |
-|---|---|---|---|---|---|---|---|
-| fp32 | 1 | 1306 | 1020 | 1.28x | 2.7 | 3.6 | yes |
-| fp32 | 8 | 5039 | 4260 | 1.18x | 10.0 | 8.8 | yes |
-| int8 | 1 | 1061 | 767 | 1.38x | 2.7 | 3.6 | yes |
-| int8 | 8 | 4980 | 4210 | 1.18x | 9.9 | 5.6 | yes |
-
-small preset with torch's default 2 threads (same ratios, but single runs collapse: per-run tok/s of fp32 batch 1
-llmpipe 170 158 159 249 247, int8 batch 8 llmpipe 286 1425 843 1428 1420; in one profiled 2-thread run 90 % of
-llmpipe's step, 42 ms of 46, was in the flash-attention kernel, i.e. one OpenMP thread waiting at a parallel
-region's barrier for the other, descheduled by other jobs on the 2 cores; transformers collapses the same way, to
-36 tok/s once). On this shared machine use `--threads 1`:
-
-| precision | batch | llmpipe tok/s | transformers tok/s | ratio |
-|---|---|---|---|---|
-| fp32 | 1 | 170 | 142 | 1.20x |
-| fp32 | 8 | 1243 | 1190 | 1.04x |
-| int8 | 1 | 381 | 443 | 0.86x |
-| int8 | 8 | 1420 | 2023 | 0.70x |
-
-The goal (llmpipe >= 2x transformers at batch 1) is not met: 1.10x (small), 1.28x (tiny).
-
-Where the batch-1 fp32 step goes (the script's profile section, `--threads 1`): small: llmpipe 3.99 ms a step,
-transformers 4.31 ms; the 43 linear layers alone (F.linear on [1, 1, in], no overhead) take 3.07 ms, so the
-overhead is 0.91 ms (23 %) for llmpipe and 1.23 ms for transformers: even at zero overhead llmpipe would be 1.40x
-transformers on this model in fp32. A 10M-parameter fp32 model is 44 MB of weights read per token, and the GEMVs
-are memory-bound. tiny: llmpipe 0.75 ms, transformers 0.94 ms, linears 0.16 ms: 79 % of llmpipe's step is
-overhead, so this is where 2x is to be had. torch.profiler (tiny, per step): mm 29 calls 177 us, cat 20 calls
-138 us (per layer: the q/k/v outputs, two RoPE halves, two KV-cache appends), the RMSNorm autograd.Function 9 calls
-71 us, mul 45 calls, transpose 69 calls, as_strided 112 calls: ~480 aten calls per step for 29 matmuls.
-
-Prototypes measured outside the repository (greedy tokens equal to llmpipe's in every variant; batch 1, 32-token
-prompt, 128 new tokens, 1 thread, median of 21 (tiny) or 5 (small) alternating rounds, ms per token, each line adds to the one above):
-
-| change to llmpipe's decoding step | tiny ms/token | vs as is | small ms/token | vs as is |
-|---|---|---|---|---|
-| token_steps as is | 0.756 | 1.00x | 4.23 | 1.00x |
-| Model.forward + argmax loop, without token_steps' per-step bookkeeping (masked_fill, isin, done.all) | 0.736 | 1.03x | 4.15 | 1.02x |
-| the same ops as plain functions over the weights: no nn.Module __call__, no use_cpu_ops / plain_linears checks, cos/sin sliced once per step | 0.541 | 1.40x | 3.81 | 1.11x |
-| + q/k/v and gate/up weights concatenated once (not per call): 4 GEMVs a layer instead of 7 | 0.515 | 1.47x | 3.91 | 1.08x |
-| + preallocated KV cache written in place instead of torch.cat | 0.532 | 1.42x | 3.98 | 1.06x |
-| + one RoPE call on q and k together | 0.488 | 1.55x | 3.89 | 1.09x |
-| + F.rms_norm instead of cpu_ops' autograd.Function (which inference does not need) | 0.428 | 1.77x | 3.82 | 1.11x |
-| + residual adds inside addmm, lm_head on the last position only | 0.442 | 1.71x | 3.78 | 1.12x |
-
-So on tiny a lean decode step (a no-module fast path for cached steps with fused weights prepared once, one RoPE
-call and F.rms_norm) is ~1.77x llmpipe's present step, which with the 1.28x above puts llmpipe at ~2.2x
-transformers at batch 1 (derived, not measured head to head); on small it buys ~1.1x (~1.2x transformers). The
-preallocated cache does not pay at 160 positions (its cost, torch.cat's copy, grows with the context: it would at
-long ones); addmm and the last-position lm_head change nothing per step (the latter saves prefill time: llmpipe
-computes logits for all 32 prompt positions, transformers for the last).
-int8: QuantLinear's fp32 path casts each int8 weight to fp32 on every call, which is why llmpipe int8 loses to
-quantize_dynamic (0.86x / 0.72x) and its prefill is 2-4x slower. Prepacking the same int8 per-channel weights once
-for fbgemm (`torch.ops.quantized.linear_prepack` of `torch._make_per_channel_quantized_tensor(qweight, scales, 0)`)
-and calling `torch.ops.quantized.linear_dynamic(x, packed, True)` in QuantLinear.forward measured, small, 1 thread:
-batch 1 296 -> 460 tok/s (1.55x; fp32 231), batch 8 1234 -> 2103 tok/s (1.70x; fp32 1109); greedy tokens equal
-to fp32's at batch 1, 99.5 % at batch 8 (activations are quantized, as transformers' int8 here does).
+Before Model.decode (token_steps through Model.forward; load 1.9-2.5): tiny fp32 batch 1 1306 vs 1020 tok/s (1.28x),
+small fp32 batch 1 248 vs 226 (1.10x). With torch's default 2 threads on this shared machine single runs collapse
+(one OpenMP thread waits at a barrier for the other, descheduled by other jobs: 42 ms of a 46 ms step in the
+flash-attention kernel once), on both sides; use `--threads 1` here.
 """
 
 from __future__ import annotations
