@@ -22,16 +22,17 @@ Measured (2026-11-30) on benchmarks/quantize.py's model (small preset, 400 steps
 logits at every prompt position, 32 greedy tokens; relative columns divide the max abs diff vs fp32 by the logits'
 std and by the largest |logit| (11.7):
 
-| file | size | max abs logit diff vs fp32 | mean abs diff | max diff / logit std | max diff / max abs logit | max abs diff vs fp16 weights | max / mean abs diff vs ggml F16 emulation | logit scale (std) | same argmax | greedy continuation equal | llama.cpp tokenizes the prompts alike |
-|---|---|---|---|---|---|---|---|---|---|---|---|
-| model-F32.gguf | 39.37 MB | 6.20e-06 | 4.79e-07 | 2.1e-06 | 5.4e-07 | 1.71e-03 | 2.23e-03 / 3.07e-04 | 3.01 | 3/3 prompts | 3/3 prompts | 3/3 |
-| model-F16.gguf | 19.71 MB | 2.11e-03 | 3.13e-04 | 7.0e-04 | 1.8e-04 | 1.41e-03 | 1.54e-03 / 2.09e-04 | 3.01 | 3/3 prompts | 3/3 prompts | 3/3 |
-| model-Q8_0.gguf | 10.49 MB | 5.26e-02 | 9.26e-03 | 1.7e-02 | 4.6e-03 | 5.28e-02 | 5.26e-02 / 9.24e-03 | 3.01 | 3/3 prompts | 3/3 prompts | 3/3 |
-| model-Q4_0.gguf | 5.77 MB | 5.86e-01 | 6.82e-02 | 1.9e-01 | 5.1e-02 | 5.86e-01 | 5.86e-01 / 6.82e-02 | 3.01 | 2/3 prompts | 1/3 prompts | 3/3 |
+| file | size | next-token logits max abs diff vs fp32 | max abs logit diff vs fp32 (every position) | mean abs diff | max diff / logit std | max diff / max abs logit | max abs diff vs fp16 weights | max / mean abs diff vs ggml F16 emulation | logit scale (std) | same argmax | greedy continuation equal | llama.cpp tokenizes the prompts alike |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|
+| model-F32.gguf | 39.37 MB | 4.77e-06 | 6.20e-06 | 4.79e-07 | 2.1e-06 | 5.4e-07 | 1.71e-03 | 2.23e-03 / 3.07e-04 | 3.01 | 3/3 prompts | 3/3 prompts | 3/3 |
+| model-F16.gguf | 19.71 MB | 1.83e-03 | 2.11e-03 | 3.13e-04 | 7.0e-04 | 1.8e-04 | 1.41e-03 | 1.54e-03 / 2.09e-04 | 3.01 | 3/3 prompts | 3/3 prompts | 3/3 |
+| model-Q8_0.gguf | 10.49 MB | 3.08e-02 | 5.26e-02 | 9.26e-03 | 1.7e-02 | 4.6e-03 | 5.28e-02 | 5.26e-02 / 9.24e-03 | 3.01 | 3/3 prompts | 3/3 prompts | 3/3 |
+| model-Q4_0.gguf | 5.77 MB | 1.63e-01 | 5.86e-01 | 6.82e-02 | 1.9e-01 | 5.1e-02 | 5.86e-01 | 5.86e-01 / 6.82e-02 | 3.01 | 2/3 prompts | 1/3 prompts | 3/3 |
 
 ggml F16 emulation, fp32 vs float64 accumulation: max abs logit diff 1.48e-03, mean 2.13e-04
 
-F32 equal to 6e-6: the export (names, q/k permutation, norms, rope, tied output) is exact. F16 is 2.1e-3 from fp32 at
+F32 equal to 6e-6: the export (names, q/k permutation, norms, rope, tied output) is exact. The next-token logits
+(each prompt's last position, what the issue asks) of F16 are 1.8e-3 from fp32 at the worst; over every position F16 is 2.1e-3 from fp32 at
 the worst logit (7e-4 of the logits' std, 2e-4 of the largest logit; mean 3e-4), 1.4e-3 from fp16 weights and
 1.5e-3 (mean 2.1e-4) from the emulation of ggml's arithmetic, so it misses the issue's absolute 1e-3 against every
 reference. That is the floor of fp16 activation rounding, not an export error: the emulation differs from itself
@@ -94,15 +95,15 @@ def main() -> None:
     def greedy(x):
         return model.generate(torch.tensor([x]), args.new_tokens)[0, len(x):].tolist()
 
-    print("| file | size | max abs logit diff vs fp32 | mean abs diff | max diff / logit std | max diff / max abs logit | "
+    print("| file | size | next-token logits (last position) max abs diff vs fp32 | max abs logit diff vs fp32 (every position) | mean abs diff | max diff / logit std | max diff / max abs logit | "
           "max abs diff vs fp16 weights | max / mean abs diff vs ggml F16 emulation | logit scale (std) | same argmax | "
           "greedy continuation equal | llama.cpp tokenizes the prompts alike |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for kind in ("F32", "F16", "Q8_0", "Q4_0"):
         path = out / f"model-{kind}.gguf"
         llm = Llama(model_path=str(path), n_ctx=model.config.max_seq_len, logits_all=True, verbose=False, n_threads=2,
                     type_k=0, type_v=0)  # an F32 KV cache (GGML_TYPE_F32): llama.cpp's default F16 cache rounds k and v
-        worst32 = worst16 = worst_emulated = 0.0
+        worst32 = worst16 = worst_emulated = worst_next = 0.0
         argmax_same = greedy_same = same_tokens = 0
         scales, means, peaks, emulated_means = [], [], [], []
         for text, x in zip(prompts, ids):
@@ -112,6 +113,7 @@ def main() -> None:
             theirs = np.array(llm.scores[: len(x)])
             ref32, ref16, emu = ours(model, x), ours(half, x), ours(emulated, x)
             worst32 = max(worst32, float(abs(theirs - ref32).max()))
+            worst_next = max(worst_next, float(abs(theirs[-1] - ref32[-1]).max()))  # what the issue asks: the prompt's next token
             worst16 = max(worst16, float(abs(theirs - ref16).max()))
             worst_emulated = max(worst_emulated, float(abs(theirs - emu).max()))
             emulated_means.append(float(abs(theirs - emu).mean()))
@@ -126,7 +128,7 @@ def main() -> None:
                 if len(made) == args.new_tokens:
                     break
             greedy_same += int(made == greedy(x))
-        print(f"| {path.name} | {path.stat().st_size / 1e6:.2f} MB | {worst32:.2e} | {np.mean(means):.2e} | {worst32 / np.mean(scales):.1e} | "
+        print(f"| {path.name} | {path.stat().st_size / 1e6:.2f} MB | {worst_next:.2e} | {worst32:.2e} | {np.mean(means):.2e} | {worst32 / np.mean(scales):.1e} | "
               f"{worst32 / max(peaks):.1e} | {worst16:.2e} | {worst_emulated:.2e} / {np.mean(emulated_means):.2e} | {np.mean(scales):.2f} | "
               f"{argmax_same}/{len(ids)} prompts | {greedy_same}/{len(ids)} prompts | {same_tokens}/{len(ids)} |")
     # the emulation's own floor: the same roundings with float64 accumulation (fp16 rounding flips at last-bit differences)
