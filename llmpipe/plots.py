@@ -5,6 +5,8 @@ matplotlib is imported lazily, with the Agg backend, so figures render on headle
 
 from __future__ import annotations
 
+import textwrap
+
 from pathlib import Path
 
 
@@ -36,7 +38,7 @@ def funnel_png(path: Path, title: str, documents_in: int, removed: list[tuple[st
     ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=9)
     ax.invert_yaxis()
     ax.set_xlabel("documents")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(textwrap.fill(title, 60), fontsize=10)  # a long step chain wraps instead of running off the figure
     ax.set_xlim(0, max(documents_in, 1) * 1.25)
     fig.tight_layout()
     with atomic_path(Path(path)) as tmp:
@@ -64,9 +66,9 @@ def bars_png(path: Path, title: str, labels: list[str], series: dict[str, list[f
         ax.set_xscale("log")
     else:
         ax.set_xlim(0, max(left + [1]) * 1.2)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(textwrap.fill(title, 60), fontsize=10)  # a long step chain wraps instead of running off the figure
     if len(series) > 1:
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars: never over a total
     fig.tight_layout()
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
