@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Collection, Iterable, Iterator, Sequence
+from typing import Collection, Iterable, Iterator, Sequence
 
 from llmpipe.errors import InputError
 
@@ -115,19 +115,19 @@ def prompt_ids(tok, prompt: str, context: int, where: str = "--prompt") -> list[
 
 
 def complete(model, tok, prompts: Sequence[str], d=None, stop: Sequence[str] = (), stop_ids: Collection[int] | None = None,
-             batch_size: int = 8, where: Callable[[int], str] = lambda i: "--prompt") -> list[Generation]:
+             batch_size: int = 8) -> list[Generation]:
     """Each prompt's continuation by Decoding `d` (default greedy), `batch_size` prompts at a time (left-padded).
 
     A row ends at a stop id (default eos), at a stop string (the completion is cut before it, as vLLM and
-    llama.cpp's server cut it), after max_new_tokens, or when the context is full. `where(i)` names prompt i
-    in an error."""
+    llama.cpp's server cut it), after max_new_tokens, or when the context is full. Sampling draws from one
+    generator seeded by `d` for all the prompts, in order."""
     from llmpipe.decoding import Decoding, beam_search, room, token_steps
 
     d = d or Decoding()
     context = model.config.max_seq_len
     if stop_ids is None:
         stop_ids = {tok.special["eos"]} if "eos" in tok.special else set()
-    ids = [prompt_ids(tok, p, context, where(i)) for i, p in enumerate(prompts)]
+    ids = [prompt_ids(tok, p, context) for p in prompts]
     generator = d.generator()
     stop = [s for s in stop if s]
 
