@@ -118,6 +118,18 @@ def test_the_answer_is_the_learned_reply_and_its_end_token(ckpts, loaded):
     assert made == tok.encode(A1) + [END]  # 60 allowed, stopped at <|end|>
 
 
+def test_a_stop_string_cuts_the_streamed_answer_and_the_kept_turn(ckpts, loaded):
+    from llmpipe.chat import Chat
+
+    model, tok = loaded
+    for stop, shown in (("city", "Paris, the "), ("light. G", "Paris, the city of "), ("never said", A1)):
+        chat = Chat(model, tok, decoding=Decoding(60), stop=(stop,))
+        pieces = list(chat.reply(U1))
+        assert "".join(pieces) == shown and chat.messages[-1] == {"role": "assistant", "content": shown}
+    res = _chat(ckpts, "--message", U1, "--stop", "city")
+    assert (res.returncode, res.stdout) == (0, "Paris, the \n")
+
+
 def test_piped_lines_are_turns_of_one_conversation_and_reset_and_exit_work(ckpts):
     res = _chat(ckpts, stdin=f"{U1}\n\n   \n{U2}\n")  # blank lines are no turns
     assert (res.returncode, res.stdout, res.stderr) == (0, f"{A1}\n{A2}\n", "")  # A2 needs U1 and A1 before U2
