@@ -303,7 +303,7 @@ def train_task(ctx, task: dict) -> dict:
                           keep_last=p.keep_last, tokens_per_step=rows * p.batch_size // len(train_examples), eval_at_start=True)
         schedule = lambda step: lr_at(step, lr=p.lr, min_lr=p.min_lr, warmup_steps=p.warmup_steps, max_steps=steps)  # noqa: E731
         hf_config = model.config.to_hf()
-        evals = train(model, optimizer, schedule, micro_batches, loss_fn, ctx.out, loop, dist, config_json=hf_config, eval_fn=eval_fn)
+        evals = train(model, optimizer, schedule, micro_batches, loss_fn, ctx.out, loop, dist, config_json=hf_config, eval_fn=eval_fn, trackers=p.trackers)
         if dist.is_main:
             write_chat_checkpoint(ctx.out, model, hf_config, p.checkpoint, f"dpo ({p.loss}, beta {p.beta}): {len(train_examples)} examples, {steps} steps")
         metrics = before_after(evals)

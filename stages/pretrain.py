@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from llmpipe.registry import Plan, Stage
+from llmpipe.train.trackers import check_tracker_names, check_trackers_installed, trackers_field
 
 MODEL_PRESETS = ("tiny", "small", "124m", "350m")  # the keys of llmpipe.model.PRESETS (importing it would import torch)
 
@@ -50,8 +51,10 @@ class Params:
     activation_checkpointing: bool = field(default=False, metadata={"help": "Recompute each block's activations in backward to save memory."})
     nproc_per_node: int = field(default=1, metadata={"help": "Training processes per node (torchrun, DDP); 1 trains in this process."})
     device: Literal["auto", "cpu", "cuda", "mps"] = field(default="auto", metadata={"help": "Where to train: auto (cuda, else mps, else cpu), cpu, cuda or mps."})
+    trackers: tuple[str, ...] = trackers_field()
 
     def __post_init__(self):
+        check_tracker_names(self.trackers)
         if self.model not in MODEL_PRESETS:
             raise ValueError(f"model: expected one of {', '.join(MODEL_PRESETS)}, got {self.model!r}")
         if self.schedule not in ("cosine", "wsd"):
@@ -87,6 +90,7 @@ def plan(params: Params, inputs) -> Plan:
     if params.tokenizer:
         check_tokenizer(params.tokenizer)
     check_device(params.device, built_only=True)
+    check_trackers_installed(params.trackers)
     tokens = _made_manifest(inputs[0])
     if tokens is not None:
         _check_tokens(params, inputs[0].path, tokens)
@@ -194,7 +198,7 @@ def train_task(ctx, task: dict) -> dict:
         schedule = lambda step: lr_at(step, lr=p.lr, min_lr=p.min_lr, warmup_steps=p.warmup_steps, max_steps=p.max_steps, schedule=p.schedule)  # noqa: E731
         hf_config = cfg.to_hf()
         evals = train(model, optimizer, schedule, micro_batches, loss_fn, ctx.out, loop, dist, config_json=hf_config,
-                      eval_fn=eval_fn, compile=p.compile)
+                      eval_fn=eval_fn, compile=p.compile, trackers=p.trackers)
         if dist.is_main:
             write_model_dir(ctx.out, model.state_dict(), hf_config, p.tokenizer)
             loss_png(ctx.out / "loss.png", ctx.out / "metrics.jsonl", f"pretrain: {cfg.n_layer} layers, d {cfg.n_embd}, {model.num_params() / 1e6:.2f}M params")

@@ -154,7 +154,7 @@ def train_task(ctx, task: dict) -> dict:
                           keep_last=p.keep_last, tokens_per_step=tokens_per_step, eval_at_start=True)
         schedule = lambda step: lr_at(step, lr=p.lr, min_lr=p.min_lr, warmup_steps=p.warmup_steps, max_steps=steps)  # noqa: E731
         hf_config = model.config.to_hf()
-        evals = train(model, optimizer, schedule, micro_batches, loss_fn, ctx.out, loop, dist, config_json=hf_config, eval_fn=eval_fn)
+        evals = train(model, optimizer, schedule, micro_batches, loss_fn, ctx.out, loop, dist, config_json=hf_config, eval_fn=eval_fn, trackers=p.trackers)
         if dist.is_main:
             if p.lora_rank:  # the adapter for PEFT users, then one plain checkpoint for every later stage
                 save_adapter(model, ctx.out / "adapter", base_model_name_or_path=str(Path(p.checkpoint).resolve()))

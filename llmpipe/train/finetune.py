@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llmpipe.train.trackers import check_tracker_names, check_trackers_installed, trackers_field
+
 DATA_SUFFIXES = (".json", ".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -35,8 +37,10 @@ class FineTuneParams:
     max_bad_fraction: float = field(default=0.1, metadata={"help": "Fail when more than this share of the rows is unusable."})
     nproc_per_node: int = field(default=1, metadata={"help": "Training processes per node (torchrun, DDP); 1 trains in this process."})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps."})
+    trackers: tuple[str, ...] = trackers_field()
 
     def __post_init__(self):
+        check_tracker_names(self.trackers)
         if not self.checkpoint:
             raise ValueError("checkpoint: give the model to tune (an earlier step or a checkpoint directory)")
         if min(self.batch_size, self.micro_batch, self.nproc_per_node) < 1 or self.max_steps < 0 or self.max_seq_len < 0:
@@ -81,6 +85,7 @@ def plan_checks(params: FineTuneParams, inputs, what: str, stage: str) -> list[s
     from llmpipe.train.dist import check_device
 
     check_device(params.device, built_only=True)
+    check_trackers_installed(params.trackers)
     files = [f for inp in inputs for f in inp.files]
     odd = [f for f in files if not f.endswith(DATA_SUFFIXES) and not f.startswith("embedded:")]
     if odd:

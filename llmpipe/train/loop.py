@@ -18,9 +18,10 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 from llmpipe.log import log
+from llmpipe.train.trackers import Trackers
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
@@ -92,12 +93,14 @@ def _autocast(device: str):
 def train(
     model, optimizer, lr_schedule: Callable[[int], float], micro_batches: Callable[[int], Iterable], loss_fn: Callable,
     out: Path, cfg: LoopConfig, dist, *, config_json: dict, eval_fn: Callable | None = None, compile: bool = False,
+    trackers: Sequence[str] = (),
 ) -> list[dict]:
     """Train `model` to cfg.max_steps, resuming from the newest checkpoint in out/checkpoints; returns the eval records.
 
     micro_batches(step) yields this rank's micro-batches of an optimizer step; loss_fn(model, batch)
     -> loss (the mean over the micro-batch), or (loss, {name: number or scalar tensor}) whose metrics are
     averaged over micro-batches and ranks and logged; eval_fn(model) -> dict of metrics, run on every rank.
+    trackers: where every metrics.jsonl record also goes (llmpipe/train/trackers.py: tensorboard, wandb), from rank 0.
     """
     import torch
 
@@ -123,6 +126,8 @@ def train(
             (out / METRICS).unlink(missing_ok=True)
         # a run killed after its last checkpoint evaluates again below: drop the first evaluation of that step
         _truncate_metrics(out / METRICS, start, drop_eval_at_end=start >= cfg.max_steps)
+    # rank 0 alone writes metrics; the trackers start over from what metrics.jsonl kept (a resume replays it)
+    tracked = Trackers(out, trackers if dist.is_main else (), metrics=out / METRICS)
     if dist.ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -150,6 +155,7 @@ def train(
         evals.append(record)
         if dist.is_main:
             _append(out / METRICS, {"eval": True, **record})
+            tracked.log({"eval": True, **record})
             log(f"step {step}/{cfg.max_steps} | " + " | ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "step"))
 
     if cfg.eval_at_start and start == 0:
@@ -198,6 +204,7 @@ def train(
             raise FloatingPointError(f"loss is {loss_value} at step {step + 1}; lower lr or raise warmup_steps")
         if dist.is_main:
             _append(out / METRICS, record)
+            tracked.log(record)
             remaining = (cfg.max_steps - step - 1) * (time.time() - t_start) / max(1, step + 1 - start)
             mfu = f" | mfu {record['mfu']:.1%}" if "mfu" in record else ""
             shown = "".join(f" | {name} {record[name]:.3f}" for name in extra)
@@ -210,6 +217,7 @@ def train(
             save(step + 1)
     if start >= cfg.max_steps and eval_fn is not None:  # everything was done before a kill after the last checkpoint
         evaluate(cfg.max_steps)
+    tracked.close()  # each point was flushed as logged: a run that raised above has lost none
     return evals
 
 
