@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import subprocess
-
+import sys
+import time
+from pathlib import Path
 
 from tests.conftest import REPO, SLURM_MARKS, make_jsonl_corpus, run_cli, write
 from tests.test_resume import rows
@@ -94,3 +99,100 @@ def test_hand_written_array_job_shards_a_stage_command(tmp_path, shared_data):
     # find nothing left to do (with a fixed share, 0 and 1 would wait on them forever).
     pids = {json.loads(p.read_text())["pid"] for p in (tmp_path / "runs/docs/_tasks/read").glob("*.json")}
     assert 1 <= len(pids) <= 4 and len(list((tmp_path / "runs/docs/_tasks/read").glob("*.json"))) == 4
+
+
+QUICKSTART = str(REPO / "pipelines" / "pretrain.toml")
+DATA_STEPS = ("ingest", "language", "filter", "dedup", "decontaminate", "tokenizer", "tokens")
+TRAINING_STEPS = ("model", "evaluate", "sft", "dpo", "quantize", "eval_chat", "eval_int8", "report")
+# The training steps shrunk to seconds each (the data steps' params stay as the file has them)
+SHORT_TRAINING = ["--set", "model.max_steps=20", "--set", "sft.max_steps=10", "--set", "sft.eval_every=10",
+                  "--set", "dpo.max_steps=4", "--set", "dpo.eval_every=4"]
+
+
+def summary_rows(stdout: str) -> dict[str, list[str]]:
+    """The closing summary's rows: step -> [what, seconds, headline, path] (no headline: three fields)."""
+    lines = stdout.split("summary of ", 1)[1].splitlines()[1:-1]
+    return {fields[0]: fields[1:] for fields in (re.split(r"\s{2,}", line.strip()) for line in lines)}
+
+
+def data_files(artifact: Path) -> dict[str, bytes]:
+    """The artifact's data files (those its manifest lists; directories walked) and their bytes."""
+    names = json.loads((artifact / "_manifest.json").read_text())["files"]
+    paths = [q for n in names for q in (sorted((artifact / n).rglob("*")) if (artifact / n).is_dir() else [artifact / n]) if q.is_file()]
+    return {str(q.relative_to(artifact)): q.read_bytes() for q in paths}
+
+
+def test_quickstart_on_slurm_makes_the_local_data(tmp_path):
+    """pipelines/pretrain.toml under --executor slurm (training shrunk, ~3 min on 2 cores): its data steps'
+    fingerprints and bytes equal a local run's, the training steps complete, and the summary shows each step."""
+    (tmp_path / "local").mkdir()
+    (tmp_path / "slurm").mkdir()
+    env = {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    local = run_cli("run", QUICKSTART, "--until", "tokens", cwd=tmp_path / "local", check=True, env=env)
+    slurm = run_cli("run", QUICKSTART, "--executor", "slurm", *SHORT_TRAINING, cwd=tmp_path / "slurm", check=True, timeout=900, env=env)
+    assert slurm.stderr.count("submitted jobs") == len(DATA_STEPS + TRAINING_STEPS)
+
+    for step in DATA_STEPS:
+        here, there = tmp_path / "local/runs/pretrain" / step, tmp_path / "slurm/runs/pretrain" / step
+        want, got = (json.loads((d / "_manifest.json").read_text()) for d in (here, there))
+        assert (got["fingerprint"], got["content_hash"], got.get("counts")) == (want["fingerprint"], want["content_hash"], want.get("counts")), step
+        assert data_files(there) == data_files(here), step
+        assert rows(there) == rows(here), step  # the Parquet steps row for row (the others have no parts)
+    assert len(rows(tmp_path / "slurm/runs/pretrain/decontaminate")) == 302
+
+    # The summary: under Slurm each step's row has its time on the cluster, headline and path, and the
+    # data steps' headlines are the local run's
+    local_rows, slurm_rows = summary_rows(local.stdout), summary_rows(slurm.stdout)
+    assert list(slurm_rows) == list(DATA_STEPS + TRAINING_STEPS)
+    for step, row in slurm_rows.items():
+        assert row[0] == "submitted" and re.fullmatch(r"\d+\.\ds", row[1]) and row[-1] == f"runs/pretrain/{step}", row
+        if step in DATA_STEPS:
+            assert row[2] == local_rows[step][2], (row, local_rows[step])
+    assert slurm_rows["tokens"][2] == "tokens 329,836 train, 9,627 val"
+    assert slurm_rows["model"][2].startswith("val bits per byte ")
+    assert slurm_rows["dpo"][2].startswith("held-out reward accuracy ")
+    assert slurm.stdout.splitlines()[-1] == "15 submitted, 0 fresh; outputs in runs/pretrain"
+    # the training steps ran on the cluster: their jobs' logs, and the report read every step
+    assert list((tmp_path / "slurm/runs/pretrain/model/_logs").glob("train-*.out"))
+    assert (tmp_path / "slurm/runs/pretrain/report/report.html").stat().st_size > 10_000
+
+    again = run_cli("run", QUICKSTART, "--executor", "slurm", *SHORT_TRAINING, cwd=tmp_path / "slurm", check=True, env=env)
+    assert again.stderr.count("fresh, skipped") == 15 and "submitted jobs" not in again.stderr
+    assert summary_rows(again.stdout)["tokens"] == ["fresh", "tokens 329,836 train, 9,627 val", "runs/pretrain/tokens"]
+
+
+def our_jobs_in_queue(job_ids: set[str]) -> set[str]:
+    res = subprocess.run(["squeue", "-h", "-o", "%F %A"], capture_output=True, text=True, check=True)
+    return {i for line in res.stdout.splitlines() for i in line.split()} & job_ids
+
+
+def test_ctrl_c_cancels_the_jobs_it_submitted(tmp_path, shared_data):
+    """Ctrl-C while following leaves no job of this run in the queue, so the re-run the message suggests
+    does not submit a second copy of tasks still in flight; that re-run finishes the work."""
+    make_jsonl_corpus(shared_data, tmp_path / "corpus", n_files=4)
+    write(tmp_path / "local.toml", PIPELINE.format(name="local", executor="local", repo=REPO))
+    write(tmp_path / "slurm.toml", PIPELINE.format(name="slurm", executor="slurm", repo=REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "llmpipe", "run", "slurm.toml"], cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    submitted = []
+    for line in proc.stderr:
+        submitted += re.findall(r"\d+", line.split("submitted jobs", 1)[1].split("(")[0]) if "submitted jobs" in line else []
+        if "dedup: submitted jobs" in line:
+            break
+    time.sleep(1)  # some jobs are running by now, the dependent ones pending
+    assert our_jobs_in_queue(set(submitted)), "the jobs finished before Ctrl-C; nothing to check"
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, rest
+    assert f"cancelled the {len(submitted)} Slurm jobs this run submitted: {', '.join(submitted)}" in rest
+    assert "interrupted: finished tasks are kept; resume with: llmpipe run slurm.toml" in rest
+    deadline = time.time() + 30  # cancelled jobs leave the queue once their processes are gone
+    while our_jobs_in_queue(set(submitted)) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not our_jobs_in_queue(set(submitted))
+    assert not (tmp_path / "runs/slurm/dedup/_manifest.json").exists()
+
+    run_cli("run", "slurm.toml", cwd=tmp_path, check=True, env={"PYTHONPATH": str(REPO)})
+    run_cli("run", "local.toml", cwd=tmp_path, check=True)
+    for step in ("ingest", "dedup"):
+        assert rows(tmp_path / "runs/slurm" / step) == rows(tmp_path / "runs/local" / step)

@@ -5,6 +5,7 @@ SLURM_ARRAY_TASK_ID; only tasks without a completion record are submitted, so re
 a failure or preemption does only the missing work. Training steps run as one job of
 `srun torchrun` across the requested nodes. Scripts are written to `<artifact>/_logs/` to read
 and re-submit by hand; configuration reaches the jobs as `_run.json` (never pickled).
+A Ctrl-C while following cancels every job this run submitted, as the local executor stops its workers.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 from llmpipe import step as step_mod
-from llmpipe.artifacts.layout import LOGS, MANIFEST
+from llmpipe.artifacts.layout import LOGS, MANIFEST, read_json, task_record_path
 from llmpipe.errors import UserError
 from llmpipe.executors.torchrun import nproc_of, slurm_command
 from llmpipe.log import log
@@ -98,16 +99,20 @@ def sbatch(script_path: Path) -> str:
     return res.stdout.strip().split(";")[0]
 
 
-def submit_step(step: step_mod.Step, settings: dict, dependency: str | None) -> list[str]:
-    """Submit the pending phases of a step plus its finalize job; returns the job ids in order."""
+def submit_step(step: step_mod.Step, settings: dict, dependency: str | None, all_jobs: list[str]) -> tuple[list[str], list[Path]]:
+    """Submit the pending phases of a step plus its finalize job; returns the job ids in order and the
+    record paths of the tasks submitted (a resumed step has records from before). Each id is also
+    appended to all_jobs as soon as sbatch gives it, so a Ctrl-C midway can cancel it."""
     run = step_mod.prepare(step)
     logs = step.out / LOGS
     logs.mkdir(parents=True, exist_ok=True)
     jobs: list[str] = []
+    records: list[Path] = []
     for k, phase in enumerate(run["phases"]):
         todo = step_mod.pending_tasks(step.out, run, k)
         if not todo:
             continue
+        records += [task_record_path(step.out, phase["name"], t) for t in todo]
         phase_jobs = []
         size = settings.get("max_array_size", MAX_ARRAY_SIZE)
         for offset in sorted({t // size * size for t in todo}):
@@ -115,12 +120,14 @@ def submit_step(step: step_mod.Step, settings: dict, dependency: str | None) -> 
             script = logs / (f"{k}-{phase['name']}.sbatch" if not offset else f"{k}-{phase['name']}-{offset}.sbatch")
             script.write_text(phase_script(step, run, k, chunk, settings, dependency, offset))
             phase_jobs.append(sbatch(script))
+            all_jobs.append(phase_jobs[-1])
         jobs += phase_jobs
         dependency = ":".join(phase_jobs)
     script = logs / "finalize.sbatch"
     script.write_text(finalize_script(step, settings, dependency))
     jobs.append(sbatch(script))
-    return jobs
+    all_jobs.append(jobs[-1])
+    return jobs, records
 
 
 def _queue(job_ids: list[str]) -> dict[str, str]:
@@ -132,6 +139,10 @@ def _queue(job_ids: list[str]) -> dict[str, str]:
         if len(parts) >= 2:
             out[parts[0]] = " ".join(parts[1:])
     return out
+
+
+def cancel(job_ids: list[str]) -> None:
+    subprocess.run(["scancel", *job_ids], capture_output=True)
 
 
 def follow(steps: list[step_mod.Step], job_ids: list[str], settings: dict, poll_seconds: float = 2.0) -> None:
@@ -146,7 +157,7 @@ def follow(steps: list[step_mod.Step], job_ids: list[str], settings: dict, poll_
         if not queue:
             break
         if any("DependencyNeverSatisfied" in v for v in queue.values()):
-            subprocess.run(["scancel", *job_ids], capture_output=True)
+            cancel(job_ids)
             break
         time.sleep(poll_seconds)
     failed = [st for st in steps if not (st.out / MANIFEST).exists()]
@@ -183,22 +194,45 @@ def submit_pipeline(pipe, built: dict, selected: list[str], force: bool = False,
     settings = dict(pipe.slurm)
     reports, submitted, job_ids = [], [], []
     last_job: dict[str, str] = {}
-    for name in selected:
-        st = built[name]
-        state, why = step_mod.state(st)
-        upstream_jobs = [last_job[i] for i in step_refs(pipe, pipe.steps[name]) if i in last_job]
-        if state == "fresh" and not force and not upstream_jobs:
-            log(f"{name}: fresh, skipped")
-            reports.append(StepReport(name, state, why, "skipped"))
-            continue
-        if force and st.out.exists():
-            shutil.rmtree(st.out)
-        jobs = submit_step(st, settings, ":".join(upstream_jobs) or None)
-        last_job[name] = jobs[-1]
-        job_ids += jobs
-        submitted.append(st)
-        log(f"{name}: submitted jobs {', '.join(jobs)} (scripts in {st.out / LOGS})")
-        reports.append(StepReport(name, state, why, "submitted"))
-    if wait and job_ids:
-        follow(submitted, job_ids, settings)
+    records: dict[str, list[Path]] = {}  # step -> record paths of the tasks this run submitted
+    try:
+        for name in selected:
+            st = built[name]
+            state, why = step_mod.state(st)
+            upstream_jobs = [last_job[i] for i in step_refs(pipe, pipe.steps[name]) if i in last_job]
+            if state == "fresh" and not force and not upstream_jobs:
+                log(f"{name}: fresh, skipped")
+                reports.append(StepReport(name, state, why, "skipped", st.out))
+                continue
+            if force and st.out.exists():
+                shutil.rmtree(st.out)
+            jobs, records[name] = submit_step(st, settings, ":".join(upstream_jobs) or None, job_ids)
+            last_job[name] = jobs[-1]
+            submitted.append(st)
+            log(f"{name}: submitted jobs {', '.join(jobs)} (scripts in {st.out / LOGS})")
+            reports.append(StepReport(name, state, why, "submitted", st.out))
+        if wait and job_ids:
+            follow(submitted, job_ids, settings)
+    except KeyboardInterrupt:
+        # Left queued, these jobs would run on, and the re-run the interrupt message suggests would
+        # submit again every task still in flight (it has no record yet): two jobs doing one task.
+        if job_ids:
+            cancel(job_ids)
+            log(f"cancelled the {len(job_ids)} Slurm jobs this run submitted: {', '.join(job_ids)}")
+        raise
+    for r in reports:
+        if r.action == "submitted":
+            r.seconds = seconds_on_cluster(r.out, records[r.name])
     return reports
+
+
+def seconds_on_cluster(out: Path, records: list[Path]) -> float | None:
+    """From the first of these tasks starting to the step's manifest, on the file system's clock (the
+    nodes' clocks may differ). The manifest's wall_seconds counts from submission, so it includes the
+    wait behind upstream jobs."""
+    manifest = out / MANIFEST
+    records = [p for p in records if p.exists()]
+    if not manifest.exists() or not records:
+        return None
+    first_start = min(p.stat().st_mtime - read_json(p)["seconds"] for p in records)
+    return max(manifest.stat().st_mtime - first_start, 0.0)
