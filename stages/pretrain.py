@@ -97,7 +97,8 @@ def plan(params: Params, inputs) -> Plan:
     files = ["model.safetensors", "config.json", "metrics.jsonl", "loss.png"]
     if params.tokenizer:
         tok = Path(params.tokenizer)
-        files += [f for f in TOKENIZER_FILES if (tok / f).exists()] if tok.is_dir() else ["tokenizer.model"]
+        # a tokenizer step not yet run (Slurm plans every step at submission) writes them all, as its own plan says
+        files += ([f for f in TOKENIZER_FILES if (tok / f).exists()] or list(TOKENIZER_FILES)) if not tok.is_file() else ["tokenizer.model"]
     return Plan(phases=[("train", [{}])], files=files)
 
 
