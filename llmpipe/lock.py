@@ -45,11 +45,11 @@ HEARTBEAT = 10.0  # seconds between renewals of the holder's record
 STALE = 120.0  # a record from another machine not renewed for this long is a dead holder's (clock skew included)
 NO_FLOCK = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP)
 
-_held: dict[str, int] = {}  # lock file -> times this process holds it (nested holds of one path are one lock)
+_held: set[str] = set()  # lock files this process holds
 
 
 def workdir_lock(workdir: Path) -> Path:
-    """In the workdir: a step name starts with a letter or digit, so no step's directory can be this."""
+    """In the workdir: a step name cannot start with a dot, so no step's directory can be this."""
     return Path(workdir) / ".llmpipe-run.lock"
 
 
@@ -72,18 +72,14 @@ def hold(path: Path, shown: str) -> Iterator[None]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     key = str(path.resolve())
-    if key in _held:  # the pipeline holds its steps' locks; execute() asks again for the step it runs
-        _held[key] += 1
-        try:
-            yield
-        finally:
-            _held[key] -= 1
+    if key in _held:  # already ours: a pipeline holds its steps' locks, and execute() asks again for the step it runs
+        yield
         return
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     stop = threading.Event()
     try:
         _acquire(fd, shown)
-        _held[key] = 1
+        _held.add(key)
         heartbeat = threading.Thread(target=_renew, args=(fd, stop), daemon=True, name="llmpipe-lock-heartbeat")
         heartbeat.start()
         try:
@@ -91,7 +87,7 @@ def hold(path: Path, shown: str) -> Iterator[None]:
         finally:
             stop.set()
             heartbeat.join()
-            del _held[key]
+            _held.discard(key)
             os.ftruncate(fd, 0)  # the record goes first: a newcomer that flocks next finds the lock free
     finally:
         os.close(fd)  # closing drops the flock

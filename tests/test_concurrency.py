@@ -157,3 +157,21 @@ def test_slurm_driver_holds_the_lock_and_its_jobs_run_under_it(tmp_path, shared_
     assert second.returncode == 2 and second.stderr.startswith(f"error: runs/p is in use by llmpipe run p.toml (pid {first.pid} on "), second.stderr
     assert "2 submitted, 0 fresh" in out
     assert "2 fresh" in run_cli("run", "p.toml", cwd=tmp_path, check=True).stdout
+
+
+def test_without_flock_a_record_from_this_machine_counts_while_its_process_lives(tmp_path):
+    """Where flock fails (NFS nolock, Lustre noflock) the record alone decides: its process, checked by pid and start time."""
+    from llmpipe.lock import _alive, _process_start
+
+    fd = os.open(tmp_path / "lock", os.O_RDWR | os.O_CREAT)
+    holder = subprocess.Popen(["sleep", "60"])
+    record = {"host": os.uname().nodename, "pid": holder.pid, "start": _process_start(holder.pid)}
+    try:
+        assert _alive(record, fd, flocked=False)
+        assert not _alive(record, fd, flocked=True), "with flock, getting it proves the holder on this machine is gone"
+        assert not _alive({**record, "pid": os.getppid()}, fd, flocked=False), "a live pid with another start time is a reused pid"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not _alive(record, fd, flocked=False)
+    os.close(fd)
