@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -13,7 +14,8 @@ from llmpipe.errors import ConfigError, InputError
 from llmpipe.executors.local import run_phases
 from llmpipe.fingerprint import dir_is_inside
 from llmpipe.inputs import BUILTIN_PREFIX, Input, resolve_input
-from llmpipe.log import log
+from llmpipe.lock import artifact_lock, hold
+from llmpipe.log import is_rank0, log
 from llmpipe.registry import get_stage
 
 
@@ -81,7 +83,18 @@ def array_shard() -> tuple[int, int] | None:
 
 
 def execute(step: step_mod.Step, workers: int = 1, force: bool = False) -> dict:
-    """Run a built step locally unless it is fresh; returns its manifest."""
+    """Run a built step locally unless it is fresh; returns its manifest.
+
+    The process that drives the step holds its artifact's lock (a second writer is refused in one
+    line); the elements of a hand-written Slurm array and the ranks of a torchrun share the work
+    on purpose, so they take none.
+    """
+    peers = array_shard() is not None or not is_rank0()
+    with contextlib.nullcontext() if peers else hold(artifact_lock(step.out), str(step.out)):
+        return _execute(step, workers, force)
+
+
+def _execute(step: step_mod.Step, workers: int, force: bool) -> dict:
     state, _ = step_mod.state(step)
     if state == "fresh" and not force:
         log(f"[bold]{step.name}[/]: fresh, skipped")

@@ -84,7 +84,7 @@ def load_pipeline(path: str | Path, overrides: list[str] = ()) -> Pipeline:
     if executor not in EXECUTORS:
         raise ConfigError(f'{path} [pipeline] executor: expected one of "local", "slurm", got "{executor}"')
     name = settings.get("name", path.stem)
-    pipe = Pipeline(path, name, Path(settings.get("workdir", f"runs/{name}")), executor, settings.get("workers", 1), settings.get("slurm", {}))
+    pipe = Pipeline(path, name, _workdir(path, settings, name), executor, settings.get("workers", 1), settings.get("slurm", {}))
     steps = data.get("steps")
     if not steps:
         raise ConfigError(f"{path}: no steps; add a [steps.NAME] table per step")
@@ -119,6 +119,19 @@ def _check_step_name(path: Path, name: str) -> None:
     example = f" (for example [steps.{suggestion}])" if STEP_NAME.fullmatch(suggestion) else ""
     raise ConfigError(f"{path} [steps.{json.dumps(name, ensure_ascii=False)}]: a step name is a name, not a path; "
                       f"use letters, digits, - and _{example}")
+
+
+def _workdir(path: Path, settings: dict, name: str) -> Path:
+    """The workdir as written (any directory the user names), or runs/<name>, where the name must stay one directory."""
+    if "workdir" in settings:
+        if "\0" in settings["workdir"]:
+            raise ConfigError(f"{path} [pipeline] workdir: {json.dumps(settings['workdir'])} holds a NUL character, which no path can hold")
+        return Path(settings["workdir"])
+    if "/" in name or "\0" in name or name in ("", ".", ".."):
+        where = f"{path} [pipeline] name" if "name" in settings else f"{path}: the file's name"
+        raise ConfigError(f'{where}: {json.dumps(name)} would make the default workdir runs/{name} leave runs/; '
+                          f'use a name without "/", or set [pipeline] workdir')
+    return Path("runs") / name
 
 
 def unknown_step(pipe: Pipeline, name: str) -> str:

@@ -68,6 +68,8 @@ def get_stage(name: str, where: str = "stage") -> Stage:
     module_name = builtins.get(name)
     if module_name is None and "." not in name:
         raise ConfigError(f'{where}: unknown stage "{name}"{did_you_mean(name, builtins)}')
+    if module_name is None and not all(part.isidentifier() for part in name.split(".")):  # "../x" is no module
+        raise ConfigError(f'{where}: "{name}" is neither a stage nor a module path (package.module); stages: {", ".join(sorted(builtins))}')
     try:
         module = importlib.import_module(module_name or name)
     except ModuleNotFoundError as e:

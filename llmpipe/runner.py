@@ -9,6 +9,7 @@ from pathlib import Path
 
 from llmpipe import api, step as step_mod
 from llmpipe.artifacts.layout import MANIFEST, read_json
+from llmpipe.lock import hold_run
 from llmpipe.log import log, stdout
 from llmpipe.pipeline import Pipeline, build_steps, check_upstream_ready, refresh_inputs, select_steps, step_refs
 
@@ -74,6 +75,12 @@ def run_pipeline(
         reports = plan_status(pipe, selected)
         print_status(reports)
         return reports
+    with hold_run(pipe.workdir, [built[name].out for name in selected]):
+        return _run_steps(pipe, built, selected, executor, workers, force)
+
+
+def _run_steps(pipe: Pipeline, built: dict, selected: list[str], executor: str, workers: int, force: bool) -> list[StepReport]:
+    """The selected steps, under the run's locks (held by this driver, never by its workers or Slurm jobs)."""
     if executor == "slurm":
         from llmpipe.executors.slurm import submit_pipeline
 
