@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO, SLURM_MARKS, make_jsonl_corpus, run_cli, write
 from tests.test_resume import rows
 
@@ -122,6 +124,7 @@ def data_files(artifact: Path) -> dict[str, bytes]:
     return {str(q.relative_to(artifact)): q.read_bytes() for q in paths}
 
 
+@pytest.mark.long  # ~3.5 min: CI runs it after the default run
 def test_quickstart_on_slurm_makes_the_local_data(tmp_path):
     """pipelines/pretrain.toml under --executor slurm (training shrunk, ~3 min on 2 cores): its data steps'
     fingerprints and bytes equal a local run's, the training steps complete, and the summary shows each step."""
