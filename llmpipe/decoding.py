@@ -131,7 +131,7 @@ def token_steps(model, prompts: Sequence[Sequence[int]], d: Decoding, stop_ids: 
     """The next id of every row [B] at each step (greedy or sampled, one forward per step with the KV cache);
     a row that made a stop id gets the pad id after it. Ends when every row has stopped, after max_new_tokens,
     or when the longest prompt fills the context. Stop strings are the caller's (it stops reading)."""
-    device = model.lm_head.weight.device
+    device = model.model.embed_tokens.weight.device  # lm_head may be quantized (no .weight)
     pad = model.config.pad_token_id
     idx, left_pad = left_padded(prompts, pad, device)
     seen = seen_tokens(prompts, model.config.vocab_size, device, d)
@@ -164,7 +164,7 @@ def beam_search(model, prompts: Sequence[Sequence[int]], d: Decoding, stop_ids: 
                 is_stop: Callable[[list[int]], bool] | None = None) -> list[list[int]]:
     """The best hypothesis of each prompt (its new ids, a final stop id included), by transformers' beam search
     with early_stopping=False. `is_stop(new_ids)` finishes a hypothesis as a stop id does (stop strings)."""
-    device = model.lm_head.weight.device
+    device = model.model.embed_tokens.weight.device  # lm_head may be quantized (no .weight)
     B, N, V = len(prompts), d.num_beams, model.config.vocab_size
     idx, left_pad = left_padded(prompts, model.config.pad_token_id, device)
     idx = idx.repeat_interleave(N, dim=0)  # [B*N, L]: row b*N + n is beam n of prompt b
