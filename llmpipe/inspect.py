@@ -55,7 +55,8 @@ def _show_checkpoint(m: dict) -> None:
                 console.print(f"{name}: {f'{before:.4f} -> ' if before is not None else ''}{value:.4f}")
     samples = m.get("samples", {})
     for name, text in samples.items() if isinstance(samples, dict) else ((s["key"], f"{s['prompt']} -> {s['answer']}") for s in samples):
-        console.print(f"sample ({name}): {escape(repr(text))}")
+        # no markup: rich's escape() loses a backslash that precedes "[" (a sampled "\\[" showed as "\[")
+        console.print(f"sample ({name}): {repr(text)}", markup=False, highlight=False)
 
 
 def _show_documents(path: Path, files: list[str], rows: int) -> None:
