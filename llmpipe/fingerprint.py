@@ -4,7 +4,8 @@ A fingerprint names what a step reads, never where it sits, so a moved checkout 
 workdir (`cp -a runs/p runs/q`) is fresh in its new place. Each input contributes:
 
 - an artifact: its manifest's `content_hash`, a hash of the names and bytes of its data files
-  taken once at finalize. A step that re-ran and wrote the same bytes (dedup at threshold 0.7
+  taken once at finalize (in the same read as each file's own checksum, which readers check:
+  llmpipe/artifacts/verify.py). A step that re-ran and wrote the same bytes (dedup at threshold 0.7
   removing nothing more than at 0.8) therefore leaves its dependents fresh: early cutoff, as
   content-addressed build systems do. Manifests older than content hashes contribute their
   fingerprint instead.
@@ -93,9 +94,13 @@ class FileDigest:
 
 
 def file_identity(st: os.stat_result) -> tuple[int, ...]:
-    """What changes whenever a file's bytes change through the filesystem: size, mtime, inode, and ctime,
-    which no user call can set back (utime sets it to now), so an edit that restores the mtime still shows."""
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    """What changes whenever a file's bytes change through the filesystem: size, mtime, and ctime, which no
+    user call can set back (utime sets it to now), so an edit that restores the mtime still shows; with the
+    device and inode, so a file put in its place (a copy, a rename) is a new file."""
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino)
+
+
+CTIME = 2  # the index of ctime in file_identity
 
 
 def data_files(root: Path, names: list[str]) -> list[Path]:

@@ -161,7 +161,7 @@ def test_a_re_read_trusts_its_stamp_until_the_file_changes(tmp_path):
     check_artifact(tmp_path / "docs")
     stamp = json.loads((tmp_path / "docs" / STAMP).read_text())["files"]["part-00000.parquet"]
     st = part.stat()
-    assert stamp == {"stat": [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino], "blake2b": _recorded(tmp_path, "docs/part-00000.parquet")["blake2b"]}
+    assert stamp == {"stat": [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino], "blake2b": _recorded(tmp_path, "docs/part-00000.parquet")["blake2b"]}
     _flip(part, stamp)
     with pytest.raises(InputError, match="part-00000.parquet does not match its manifest"):
         check_artifact(tmp_path / "docs")

@@ -30,13 +30,13 @@ from pathlib import Path
 from llmpipe.artifacts.layout import MANIFEST, read_json
 from llmpipe.artifacts.manifest import edited_manifest, read_manifest, shown, step_of
 from llmpipe.errors import InputError
-from llmpipe.fingerprint import digest_files, file_identity, hash_file
+from llmpipe.fingerprint import CTIME, digest_files, file_identity, hash_file
 
 STAMP = "_verified.json"
 RACY_NS = 2_000_000_000  # past any filesystem timestamp granularity and NFS clock skew worth trusting
 CHANGED = "the artifact was changed after it was written"
 
-_hashed: dict[tuple[int, tuple[int, ...]], str] = {}  # (device, identity) -> blake2b: one hash per file per process
+_hashed: dict[tuple[int, ...], str] = {}  # file_identity -> blake2b: one hash per file per process
 _noted: set[str] = set()
 
 
@@ -44,6 +44,7 @@ def seal(artifact: Path, names: list[str]) -> tuple[str, dict[str, dict]]:
     """(content_hash, checksums) of an artifact's files in one read each; stamps them, so readers need not hash again."""
     whole, digests = digest_files(artifact, names)
     checksums = {d.name: {"size": d.size, "blake2b": d.blake2b} for d in digests}
+    _hashed.update({d.identity: d.blake2b for d in digests if d.identity is not None})  # the next step here reads them at once
     now = time.time_ns()
     _write_stamps(Path(artifact), {d.name: _stamp(d.identity, d.blake2b) for d in digests if _settled(d.identity, now)}, require_manifest=False)
     return whole, checksums
@@ -61,28 +62,35 @@ def damage(artifact: Path, manifest: dict, names: set[str] | None = None) -> str
     if checksums is None:
         _note_unverified(artifact, manifest)
         return None
-    stamps = _read_stamps(artifact)
-    fresh, now = {}, time.time_ns()
-    for name, want in checksums.items():
+    stats = {}
+    for name, want in checksums.items():  # sizes of all first: a truncated file is told before any hashing
         if names is not None and name not in names:
             continue
         path = artifact / name
         try:
-            st = os.stat(path)
+            stats[name] = st = os.stat(path)
         except FileNotFoundError:
             return f"{shown(path)} is missing (its manifest lists {want['size']:,} bytes): {CHANGED}"
+        except OSError as e:
+            return f"{shown(path)} cannot be read ({e.strerror})"
         if st.st_size != want["size"]:
             return f"{shown(path)} does not match its manifest (size {st.st_size:,}, expected {want['size']:,}): {CHANGED}"
-        identity = file_identity(st)
-        if stamps.get(name) == _stamp(identity, want["blake2b"]) or _hashed.get((st.st_dev, identity)) == want["blake2b"]:
+    stamps, fresh, now = _read_stamps(artifact), {}, time.time_ns()
+    for name, st in stats.items():
+        want, path, identity = checksums[name]["blake2b"], artifact / name, file_identity(st)
+        if stamps.get(name) == _stamp(identity, want):
             continue
-        got, identity = hash_file(path)
-        if got != want["blake2b"]:
-            return f"{shown(path)} does not match its manifest (blake2b {got[:16]}, expected {want['blake2b'][:16]}): {CHANGED}"
-        if identity is not None:
-            _hashed[(st.st_dev, identity)] = got
-            if _settled(identity, now):
-                fresh[name] = _stamp(identity, got)
+        if _hashed.get(identity) != want:
+            try:
+                got, identity = hash_file(path)
+            except OSError as e:
+                return f"{shown(path)} cannot be read ({e.strerror})"
+            if got != want:
+                return f"{shown(path)} does not match its manifest (blake2b {got[:16]}, expected {want[:16]}): {CHANGED}"
+            if identity is not None:
+                _hashed[identity] = got
+        if _settled(identity, now):
+            fresh[name] = _stamp(identity, want)
     if fresh:  # only once all is well: a step that refuses writes nothing, not even here
         _write_stamps(artifact, {**stamps, **fresh})
     return None
@@ -159,7 +167,7 @@ def _note_unverified(artifact: Path, manifest: dict) -> None:
 
 
 def _settled(identity: tuple[int, ...] | None, now_ns: int) -> bool:
-    return identity is not None and now_ns - identity[2] > RACY_NS
+    return identity is not None and now_ns - identity[CTIME] > RACY_NS
 
 
 def _stamp(identity: tuple[int, ...], blake2b: str) -> dict:
