@@ -21,9 +21,9 @@ from typing import Any, Iterator
 import llmpipe
 from llmpipe.artifacts.layout import LOGS, MANIFEST, RUN, TASKS, WORK, read_json, remove_temporaries, task_record_path, write_json_atomic
 from llmpipe.artifacts.manifest import content_fingerprint, write_manifest
+from llmpipe.artifacts.verify import check_step_inputs, damage, seal
 from llmpipe.config import canonical_json, params_from_mapping, params_to_dict
 from llmpipe.errors import InputError
-from llmpipe.artifacts.verify import check_step_inputs, damage, seal
 from llmpipe.fingerprint import PLANNED, is_planned, step_fingerprint
 from llmpipe.inputs import Input
 from llmpipe.peak_memory import peak_rss_bytes, reset_peak

@@ -149,10 +149,9 @@ def test_untouched_artifacts_are_accepted(work):
 def test_a_re_read_trusts_its_stamp_until_the_file_changes(tmp_path):
     """Hashes are taken once: a file older than the racy window is stamped, and re-hashed only when its stat moves
     (an edit that restores the mtime still moves the ctime)."""
+    import llmpipe
     from llmpipe.artifacts.verify import RACY_NS, STAMP, check_artifact
     from llmpipe.errors import InputError
-
-    import llmpipe
 
     write(tmp_path / "docs.jsonl", "".join(json.dumps({"text": f"document number {i} " * 20}) + "\n" for i in range(50)))
     llmpipe.run_stage("ingest", [tmp_path / "docs.jsonl"], tmp_path / "docs")

@@ -1,18 +1,23 @@
 """Tamper and truncation checks: an artifact's files against the sizes and hashes its manifest recorded.
 
 finalize records `checksums` in the manifest: for every file it covers, its size and blake2b (the
-hash content_hash already uses, 1.2 GB/s on one core of the EPYC this was measured on: 0.08 s for a
-100 MB shard). A step checks every artifact it reads before it writes anything (step.prepare), and
-a checkpoint is checked again when it is loaded outside a step (generate, chat):
+hash content_hash already uses, in the same read; 1.2 GB/s on one core of the EPYC this was
+measured on, 0.08 s for a 100 MB shard, where a stat costs 1.5 us). Checked, before anything is
+written: an artifact given by path when it is resolved (inputs.resolve_input, before a stage's plan
+reads it), one an earlier step of the pipeline made when the step reading it starts (step.prepare),
+a checkpoint again when it is loaded (generate, chat), and a step's own output when run or status
+decides whether it is fresh (step.state: a changed artifact is stale, so `llmpipe run` re-makes it).
 
-- sizes always: one stat per file, so a truncated or grown file is told at once;
+- sizes always, of every file before any hash: a truncated or grown file is told at once;
 - hashes, unless `_verified.json` (a stamp in the artifact) says the file was hashed before and its
-  size, mtime, ctime and inode have not moved since. Any write through the filesystem moves ctime,
-  which no user call can set back, so an edit that keeps the size (and restores the mtime) is
+  size, mtime, ctime, device and inode have not moved since. Any write through the filesystem moves
+  ctime, which no user call can set back, so an edit that keeps the size (and restores the mtime) is
   re-hashed and caught; a re-read of an unchanged artifact costs stats only, as git's index does.
-  finalize stamps what it has just hashed, so readers of a fresh artifact hash nothing.
+  safetensors checks no hash on load because that would undo its zero-copy
+  (safetensors/safetensors#220), and datasets hashes downloads only under ALL_CHECKS: hashing once
+  and trusting the stat after is the middle way. finalize stamps the files it has just hashed.
   Not caught: bytes that rot on the disk without a write (the filesystem's checksums' job), and a
-  deliberate forgery that rewrites hashes too (this is integrity, not signing).
+  deliberate forgery that rewrites the hashes too (this is integrity, not signing).
 
 A stamp records only files whose ctime is RACY_NS older than the moment it was taken: a write in
 the same timestamp tick as the stamp would otherwise leave the stat unchanged (git's "racy" files).
