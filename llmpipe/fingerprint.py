@@ -4,7 +4,8 @@ A fingerprint names what a step reads, never where it sits, so a moved checkout 
 workdir (`cp -a runs/p runs/q`) is fresh in its new place. Each input contributes:
 
 - an artifact: its manifest's `content_hash`, a hash of the names and bytes of its data files
-  taken once at finalize. A step that re-ran and wrote the same bytes (dedup at threshold 0.7
+  taken once at finalize (in the same read as each file's own checksum, which readers check:
+  llmpipe/artifacts/verify.py). A step that re-ran and wrote the same bytes (dedup at threshold 0.7
   removing nothing more than at 0.8) therefore leaves its dependents fresh: early cutoff, as
   content-addressed build systems do. Manifests older than content hashes contribute their
   fingerprint instead.
@@ -27,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 
 from llmpipe.config import canonical_json
@@ -80,18 +82,65 @@ def files_fingerprint(paths: list[str]) -> str:
 
 def content_hash(root: Path, names: list[str]) -> str:
     """blake2b over the names and bytes of an artifact's data files (directories walked in name order)."""
+    return digest_files(root, names)[0]
+
+
+@dataclass(frozen=True)
+class FileDigest:
+    name: str  # path below the artifact, posix
+    size: int
+    blake2b: str  # of the file's bytes alone
+    identity: tuple[int, ...] | None  # file_identity() while it was hashed; None if it changed meanwhile
+
+
+def file_identity(st: os.stat_result) -> tuple[int, ...]:
+    """What changes whenever a file's bytes change through the filesystem: size, mtime, and ctime, which no
+    user call can set back (utime sets it to now), so an edit that restores the mtime still shows; with the
+    device and inode, so a file put in its place (a copy, a rename) is a new file."""
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino)
+
+
+CTIME = 2  # the index of ctime in file_identity
+
+
+def data_files(root: Path, names: list[str]) -> list[Path]:
+    """The files behind a manifest's `files` (a name may be a directory: its files, walked in name order)."""
     root = Path(root)
-    h = hashlib.blake2b(digest_size=16)
+    out = []
     for name in names:
         path = root / name
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        for f in files:
-            rel = f.relative_to(root).as_posix()
-            h.update(f"{rel}\0{f.stat().st_size}\0".encode())
-            with open(f, "rb") as fh:
-                while block := fh.read(HASH_BLOCK):
-                    h.update(block)
-    return h.hexdigest()
+        out += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return out
+
+
+def digest_files(root: Path, names: list[str]) -> tuple[str, list[FileDigest]]:
+    """In one read of each file: content_hash (names, sizes and bytes of all) and each file's own digest."""
+    root = Path(root)
+    whole = hashlib.blake2b(digest_size=16)
+    digests = []
+    for f in data_files(root, names):
+        rel = f.relative_to(root).as_posix()
+        before = file_identity(f.stat())
+        whole.update(f"{rel}\0{before[0]}\0".encode())
+        one = hashlib.blake2b(digest_size=16)
+        with open(f, "rb") as fh:
+            while block := fh.read(HASH_BLOCK):
+                whole.update(block)
+                one.update(block)
+        after = file_identity(f.stat())
+        digests.append(FileDigest(rel, before[0], one.hexdigest(), after if after == before else None))
+    return whole.hexdigest(), digests
+
+
+def hash_file(path: Path) -> tuple[str, tuple[int, ...] | None]:
+    """(blake2b of the bytes, file_identity if the file did not change while read)."""
+    before = file_identity(os.stat(path))
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        while block := fh.read(HASH_BLOCK):
+            h.update(block)
+    after = file_identity(os.stat(path))
+    return h.hexdigest(), after if after == before else None
 
 
 def dir_is_inside(child: Path, parent: Path) -> bool:

@@ -1,7 +1,9 @@
 """Input references: earlier artifacts, raw files, directories and globs, or an embedded source.
 
 Every input is resolved (and checked to exist) before anything is written. An input knows the
-data files a stage reads and contributes one fingerprint.
+data files a stage reads and contributes one fingerprint. An artifact given by path is checked
+against its manifest's checksums here (llmpipe.artifacts.verify); one an earlier step of the same
+pipeline makes is checked when the step that reads it starts, so the pipeline can re-make it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Literal
 
 from llmpipe.artifacts.layout import MANIFEST, RUN
 from llmpipe.artifacts.manifest import content_fingerprint, read_manifest
+from llmpipe.artifacts.verify import check_artifact, check_files
 from llmpipe.errors import InputError, did_you_mean
 from llmpipe.fingerprint import embedded_fingerprint, files_fingerprint
 
@@ -48,7 +51,9 @@ class Input:
 
 
 def artifact_input(path: Path) -> Input:
-    manifest = read_manifest(path)
+    # not checked against its checksums here: the step that reads it checks before it writes
+    # (step.prepare), and a pipeline must be able to plan re-making an artifact that was changed
+    manifest = read_manifest(path, verify=False)
     files = tuple(str((Path(path) / f).resolve()) for f in manifest.get("files", []))
     return Input("artifact", str(Path(path).resolve()), files, content_fingerprint(manifest), manifest.get("output_kind"))
 
@@ -104,6 +109,7 @@ def resolve_input(ref: str, where: str) -> Input:
     skipped: list[str] = []
     if p.is_dir():
         if (p / MANIFEST).exists():
+            check_artifact(p)  # a path given by hand is read now: it must be as its step wrote it
             return artifact_input(p)
         if (p / RUN).exists():
             raise InputError(f"{where}: {ref} is an incomplete artifact (no {MANIFEST}); re-run the step that makes it")
@@ -127,4 +133,5 @@ def resolve_input(ref: str, where: str) -> Input:
         raise InputError(f"{where}: input path {ref} does not exist")
     # abspath, not resolve: a symlinked file keeps its name under the input (and a loop cannot raise)
     files = [os.path.abspath(f) for f in files]
+    check_files(files)  # files picked out of an artifact (runs/tok/tokenizer.model) against its manifest
     return Input("files", ref, tuple(files), files_fingerprint(files), skipped=tuple(os.path.abspath(f) for f in skipped))

@@ -21,9 +21,10 @@ from typing import Any, Iterator
 import llmpipe
 from llmpipe.artifacts.layout import LOGS, MANIFEST, RUN, TASKS, WORK, read_json, remove_temporaries, task_record_path, write_json_atomic
 from llmpipe.artifacts.manifest import content_fingerprint, write_manifest
+from llmpipe.artifacts.verify import check_step_inputs, damage, seal
 from llmpipe.config import canonical_json, params_from_mapping, params_to_dict
 from llmpipe.errors import InputError
-from llmpipe.fingerprint import PLANNED, content_hash, is_planned, step_fingerprint
+from llmpipe.fingerprint import PLANNED, is_planned, step_fingerprint
 from llmpipe.inputs import Input
 from llmpipe.peak_memory import peak_rss_bytes, reset_peak
 from llmpipe.registry import Plan, Stage, get_stage
@@ -101,9 +102,15 @@ def state(step: Step) -> tuple[str, str]:
     """('fresh'|'stale'|'incomplete'|'missing', why) for the step's output directory."""
     out = step.out
     if (out / MANIFEST).exists():
-        m = read_json(out / MANIFEST)
+        try:
+            m = read_json(out / MANIFEST)
+        except (OSError, ValueError):
+            return "stale", f"unreadable {MANIFEST}"
+        if not isinstance(m, dict):
+            return "stale", f"unreadable {MANIFEST}"
         if m.get("fingerprint") == step.fingerprint:
-            return "fresh", ""
+            changed = damage(out, m)  # a truncated or edited artifact is made again, not passed on
+            return ("stale", changed) if changed else ("fresh", "")
         return "stale", _why_stale(m, step)
     if (out / RUN).exists():
         run = read_json(out / RUN)
@@ -202,6 +209,7 @@ def check_output_is_ours(out: Path, where: str) -> None:
 def prepare(step: Step, plan: Plan | None = None) -> dict:
     """Write `_run.json` for this step, clearing a stale artifact; an interrupted same-fingerprint run is kept to resume."""
     out = step.out
+    check_step_inputs(step)  # every artifact it reads is as its step wrote it, before anything is written
     with _locked(out):
         if (out / RUN).exists() and not (out / MANIFEST).exists():
             run = read_json(out / RUN)
@@ -296,7 +304,8 @@ def finalize(out: Path) -> dict:
     missing_files = [f for f in run["files"] if not (out / f).exists()]
     if missing_files:
         raise RuntimeError(f"{out}: planned files were not written: {missing_files[:3]}")
-    manifest["content_hash"] = content_hash(out, run["files"])  # what readers' fingerprints take from this artifact
+    # content_hash: what readers' fingerprints take from this artifact; checksums: each file's size and hash, checked by readers
+    manifest["content_hash"], manifest["checksums"] = seal(out, run["files"])
     if planned_fp != run["fingerprint"]:
         manifest["planned_fingerprint"] = planned_fp  # lets dependents planned under it settle theirs
     (out / LOGS).mkdir(exist_ok=True)

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 from llmpipe.artifacts.layout import atomic_path
+from llmpipe.artifacts.verify import check_artifact
 
 
 # the tokenizer files a model directory carries, so transformers' AutoTokenizer loads it beside the model
@@ -40,6 +41,7 @@ def load_checkpoint(path: Path, device: str = "cpu") -> tuple[dict, dict, dict |
     from safetensors.torch import load_file
 
     path = Path(path)
+    check_artifact(path)  # a complete checkpoint artifact (generate, chat, evaluate) is as its step wrote it
     tensors = load_file(str(path / "model.safetensors"), device=device)
     config = json.loads((path / "config.json").read_text())
     state = json.loads((path / "training_state.json").read_text()) if (path / "training_state.json").exists() else None
