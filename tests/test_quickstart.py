@@ -13,6 +13,7 @@ from tests.conftest import REPO, run_cli
 
 
 @pytest.mark.slow
+@pytest.mark.long  # ~5.5 min: CI runs it right after the default run (python -m pytest -m long)
 def test_quickstart_pipeline_end_to_end(tmp_path):
     pipeline = REPO / "pipelines" / "pretrain.toml"
     first = run_cli("run", str(pipeline), cwd=tmp_path, check=True)
