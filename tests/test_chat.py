@@ -81,7 +81,20 @@ def ckpts(tmp_path_factory):
     write_model_dir(tmp / "chat", model.state_dict(), config.to_hf(), "")
     write_chat_template(tmp / "chat")
     write_generation_config(tmp / "chat")
+    _reseal(tmp / "chat")
     return tmp
+
+
+def _reseal(artifact: Path) -> None:
+    """Record the rewritten files in the copied manifest, as a stage's finalize does (an artifact changed after its
+    manifest was written is refused: llmpipe/artifacts/verify.py)."""
+    from llmpipe.artifacts.manifest import read_manifest, write_manifest
+    from llmpipe.artifacts.verify import seal
+
+    manifest = read_manifest(artifact, verify=False)
+    manifest["files"] = sorted({*manifest["files"], *(f.name for f in artifact.iterdir() if f.is_file() and not f.name.startswith("_"))})
+    manifest["content_hash"], manifest["checksums"] = seal(artifact, manifest["files"])
+    write_manifest(artifact, manifest)
 
 
 @pytest.fixture(scope="module")
