@@ -75,6 +75,10 @@ def run_pipeline(
         reports = plan_status(pipe, selected)
         print_status(reports)
         return reports
+    if executor == "slurm":  # before the lock: nothing is written for a run that cannot be submitted
+        from llmpipe.executors.slurm import check_script_values
+
+        check_script_values(dict(pipe.slurm), [built[name].out for name in selected])
     with hold_run(pipe.workdir, [built[name].out for name in selected]):
         return _run_steps(pipe, built, selected, executor, workers, force)
 

@@ -199,3 +199,23 @@ def test_ctrl_c_cancels_the_jobs_it_submitted(tmp_path, shared_data):
     run_cli("run", "local.toml", cwd=tmp_path, check=True)
     for step in ("ingest", "dedup"):
         assert rows(tmp_path / "runs/slurm" / step) == rows(tmp_path / "runs/local" / step)
+
+
+def test_hostile_names_in_generated_slurm_scripts_run_nothing(tmp_path):
+    """A workdir and an input name made of shell (`$(touch x)`, backticks, `; rm -rf`, a quote) under --executor slurm:
+    the scripts quote them, the run completes with the names as written, and nothing runs; a line break or a double
+    quote, which an #SBATCH line cannot carry, is refused in one line before anything is written."""
+    hostile = "runs/$(touch x) `touch x` a; rm -rf x; touch x q'uote"
+    data = tmp_path / "in $(touch x).jsonl"
+    data.write_text("".join(json.dumps({"id": str(i), "text": f"document {i} with enough words to keep it " * 8}) + "\n" for i in range(4)))
+    write(tmp_path / "p.toml", f'[pipeline]\nworkdir = {json.dumps(hostile)}\n\n[steps.ingest]\ninputs = [{json.dumps(data.name)}]\n')
+    res = run_cli("run", "p.toml", "--executor", "slurm", cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert rows(tmp_path / hostile / "ingest") and not list(tmp_path.rglob("x"))
+    assert json.loads((tmp_path / hostile / "ingest" / "_manifest.json").read_text())["counts"]["documents"] == 4
+    write(tmp_path / "q.toml", '[pipeline]\nworkdir = "runs/a\\ntouch x"\n\n[steps.ingest]\ninputs = ["in $(touch x).jsonl"]\n')
+    res = run_cli("run", "q.toml", "--executor", "slurm", cwd=tmp_path, timeout=120)
+    refused = str(tmp_path / "runs" / "a\ntouch x" / "ingest")
+    assert (res.returncode, res.stderr.strip()) == (2, f"error: --executor slurm: the output directory {refused!r} holds a line break, "
+                                                       "which an #SBATCH line cannot carry; choose a name without one")
+    assert not (tmp_path / "runs" / "a\ntouch x").exists() and not list(tmp_path.rglob("x"))

@@ -47,11 +47,30 @@ def compress_ranges(ids: list[int]) -> str:
     return ",".join(parts)
 
 
+SETTINGS_IN_HEADER = ("partition", "time", "mem", "account", "qos")
+
+
+def check_script_values(settings: dict, outputs: list[Path]) -> None:
+    """One line unless every value an #SBATCH line carries is free of line breaks and double quotes: such a value
+    cannot be carried there (a line break would start a line bash runs; sbatch's own quoting has no escape for
+    a double quote). Called
+    before a run takes its lock."""
+    from llmpipe.errors import ConfigError
+
+    values = [(f"[pipeline.slurm] {k}", settings.get(k)) for k in SETTINGS_IN_HEADER] + [("the output directory", str(o)) for o in outputs]
+    for what, value in values:
+        if isinstance(value, str) and ("\n" in value or "\r" in value or '"' in value):
+            holds = "a double quote" if "\n" not in value and "\r" not in value else "a line break"
+            raise ConfigError(f"--executor slurm: {what} {value!r} holds {holds}, which an #SBATCH line cannot carry; "
+                              "choose a name without one")
+
+
 def _header(settings: dict, name: str, log_pattern: str, dependency: str | None) -> list[str]:
-    lines = ["#!/bin/bash", f"#SBATCH --job-name={name}", f"#SBATCH --output={log_pattern}"]
-    for key, flag in (("partition", "partition"), ("time", "time"), ("mem", "mem"), ("account", "account"), ("qos", "qos")):
+    check_script_values(settings, [Path(log_pattern)])
+    lines = ["#!/bin/bash", f"#SBATCH --job-name={name}", f'#SBATCH --output="{log_pattern}"']  # sbatch's quotes: spaces, ' and shell stay literal
+    for key in SETTINGS_IN_HEADER:
         if settings.get(key):
-            lines.append(f"#SBATCH --{flag}={settings[key]}")
+            lines.append(f"#SBATCH --{key}={settings[key]}")
     lines += [f"#SBATCH {x}" for x in settings.get("extra_sbatch", [])]
     if dependency:
         lines.append(f"#SBATCH --dependency=afterok:{dependency}")
