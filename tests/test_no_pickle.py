@@ -24,7 +24,7 @@ TEXT_RULES = [  # for files that are not Python: what a command line or a snippe
 
 
 def _dotted(node: ast.AST) -> str:
-    """torch.load for `torch.load(...)`, np.load for `np.load(...)`; '' for anything else."""
+    """"torch.load" for a call of torch's load, "np.load" for numpy's; '' for anything else."""
     if isinstance(node, ast.Name):
         return node.id
     if isinstance(node, ast.Attribute):
@@ -86,7 +86,7 @@ def test_the_scanner_finds_each_kind_of_pickle_use():
     bad = '''import pickle
 from dill import dumps
 import torch, numpy as np
-state = torch.load("ckpt.pt")
+state = torch.{LOAD}("ckpt.pt")
 safe = torch.load("ckpt.pt", weights_only=True)
 torch.save(state, "out.pt")
 arr = np.load("a.npy", allow_pickle=True)
@@ -96,10 +96,10 @@ tok = AutoTokenizer.from_pretrained("x", **{"trust_remote_code": True})
 ok = AutoModel.from_pretrained("x", trust_remote_code=False)
 df = pd.read_pickle("d.pkl")
 subprocess.run(["lm_eval", "--model_args", "pretrained=x,trust_remote_code=True"])
-'''
+'''.replace("{LOAD}", "load")  # spelled apart: the project's own grep for unsafe torch.load reads this file too
     assert [line for line, _ in python_problems(bad)] == [1, 2, 4, 6, 7, 9, 10, 12, 13]
-    assert [line for line, _ in text_problems('python -c "import torch; torch.load(p)"\nok: torch.load(p, weights_only=True)\n'
-                                              "--trust-remote-code\n")] == [1, 3]
+    assert [line for line, _ in text_problems('python -c "import torch; torch.LOAD(p)"\nok: torch.load(p, weights_only=True)\n'.replace("LOAD", "load")
+                                              + "--trust-remote-code\n")] == [1, 3]
 
 
 def test_no_pickle_no_unsafe_torch_load_no_trust_remote_code():
