@@ -90,3 +90,15 @@ def chat_base(tmp_path_factory) -> Path:
     llmpipe.run_stage("tokenize", [str(tmp / "docs")], tmp / "tokens", tokenizer=str(tmp / "tok"), val_fraction=0.1)
     run_cli("pretrain", "--input", "tokens", "--output", "model", "--tokenizer", "tok", "--max-steps", "30", *TINY_PRETRAIN, cwd=tmp, check=True)
     return tmp
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fuzz tests' counts: how many mutated inputs each reader was given, and what it did with them."""
+    from tests.fuzz.results import RESULTS
+
+    if not RESULTS:
+        return
+    terminalreporter.section("fuzzing: mutated inputs per reader")
+    terminalreporter.write_line(f"{'reader':<22} {'inputs':>8} {'seconds':>8} {'returned':>9} {'refused':>8}")
+    for r in RESULTS:
+        terminalreporter.write_line(f"{r['reader']:<22} {r['inputs']:>8} {r['seconds']:>8} {r['returned']:>9} {r['refused']:>8}")

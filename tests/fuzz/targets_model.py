@@ -1,0 +1,3 @@
+"""Fuzz targets for the model-side files: fine-tuning data, checkpoints, token shards, tokenizers, GGUF."""
+
+from __future__ import annotations
