@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any, Mapping, Sequence
 
 from llmpipe import step as step_mod
 from llmpipe.config import params_from_mapping
-from llmpipe.errors import ConfigError, InputError
+from llmpipe.errors import ConfigError, InputError, StepFailed
 from llmpipe.executors.local import run_phases
 from llmpipe.fingerprint import dir_is_inside
 from llmpipe.inputs import BUILTIN_PREFIX, Input, resolve_input
@@ -74,6 +75,16 @@ def _check_input_kind(stage, inp: Input, where: str) -> None:
     raise InputError(f"{where}: {inp.path} is {what}, but stage \"{stage.name}\" reads {' or '.join(accepts)}; run ingest first")
 
 
+def disk_full(e: BaseException, out: Path) -> str | None:
+    """'No space left on device writing <file or artifact>' when e, or what it wraps (a worker's error), is a full
+    disk or quota (pyarrow and torch raise OSErrors with the errno but their own wording and no file name)."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return f"{os.strerror(e.errno)} writing {e.filename or out}"
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def array_shard() -> tuple[int, int] | None:
     """(index, count) inside a Slurm array task, so hand-written sbatch arrays split the work."""
     if "SLURM_ARRAY_TASK_ID" not in os.environ or os.environ.get("LLMPIPE_EXECUTOR") == "slurm":
@@ -101,20 +112,27 @@ def _execute(step: step_mod.Step, workers: int, force: bool) -> dict:
         return step_mod.read_json(step.out / "_manifest.json")
     if force and step.out.exists():
         step_mod.check_output_is_ours(step.out, step.name)
-        import shutil
-
-        shutil.rmtree(step.out)
+        step_mod.start_over(step.out)
     try:  # planned again now that earlier steps have run (a pipeline plans before they exist), before a write
         plan = step.plan()
     except ValueError as e:
         raise ConfigError(f"{step.name} {e}") from None
-    run = step_mod.prepare(step, plan)
     shard = array_shard()
     if shard is not None:
-        return _execute_shard(step, run, *shard)
+        return _execute_shard(step, step_mod.prepare(step, plan), *shard)
     t0 = time.time()
-    run_phases(step.out, run, workers, step.name)
-    manifest = step_mod.finalize(step.out)
+    try:
+        run = step_mod.prepare(step, plan)
+        run_phases(step.out, run, workers, step.name)
+        manifest = step_mod.finalize(step.out)
+    except BaseException as e:
+        restored = step_mod.set_aside(step.out)
+        full = disk_full(e, step.out)
+        if full is not None:
+            kept = "the previous complete artifact is kept in its place; " if restored else ""
+            raise StepFailed(f"{step.name}: the disk is full ({full}); {kept}free space and run again, "
+                             "the finished tasks are kept and it resumes") from e
+        raise
     log(f"[bold]{step.name}[/]: done in {time.time() - t0:.1f}s -> {step.out}")
     return manifest
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from llmpipe.errors import DataError, UserError
+from llmpipe.errors import DataError, StepFailed, UserError
 
 _DEBUG = "--debug" in sys.argv[: sys.argv.index("--") if "--" in sys.argv else len(sys.argv)]
 
@@ -366,7 +366,7 @@ def main() -> None:
         sys.exit(e.exit_code)
     except (Interrupted, click.exceptions.Abort, KeyboardInterrupt):  # Abort: click's word for a Ctrl-C while parsing
         _interrupted()
-    except (UserError, DataError) as e:
+    except (UserError, DataError, StepFailed) as e:
         if _DEBUG:
             raise
         click.echo(f"error: {e}", err=True)

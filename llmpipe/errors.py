@@ -26,6 +26,12 @@ class DataError(Exception):
     exit_code = 1
 
 
+class StepFailed(Exception):
+    """A step that could not finish (a failed task or Slurm job, a full disk): one line naming the step and what to do, exit 1."""
+
+    exit_code = 1
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """'; did you mean "x"?' when a close match exists, else ''."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)

@@ -111,15 +111,28 @@ def state(step: Step) -> tuple[str, str]:
         if m.get("fingerprint") == step.fingerprint:
             changed = damage(out, m)  # a truncated or edited artifact is made again, not passed on
             return ("stale", changed) if changed else ("fresh", "")
-        return "stale", _why_stale(m, step)
+        resumes = _set_aside_run(step)
+        return ("incomplete", f"{resumes}, kept at {partial_path(out).name} after a failed run") if resumes else ("stale", _why_stale(m, step))
     if (out / RUN).exists():
         run = read_json(out / RUN)
         if _resumable(run, step):
-            done = sum(len(list((out / TASKS / p["name"]).glob("*.json"))) for p in run["phases"] if (out / TASKS / p["name"]).exists())
-            total = sum(len(p["tasks"]) for p in run["phases"])
-            return "incomplete", f"{done}/{total} tasks done"
+            return "incomplete", _tasks_done(out, run)
         return "stale", "interrupted run with other params or inputs"
     return "missing", ""
+
+
+def _tasks_done(out: Path, run: dict) -> str:
+    done = sum(len(list((out / TASKS / p["name"]).glob("*.json"))) for p in run["phases"] if (out / TASKS / p["name"]).exists())
+    return f"{done}/{sum(len(p['tasks']) for p in run['phases'])} tasks done"
+
+
+def _set_aside_run(step: Step) -> str | None:
+    """'N/M tasks done' when a failed run of this very step waits at `.<name>.partial` to resume."""
+    partial = partial_path(step.out)
+    if not (partial / RUN).exists():
+        return None
+    run = read_json(partial / RUN)
+    return _tasks_done(partial, run) if _resumable(run, step) else None
 
 
 def _why_stale(manifest: dict, step: Step) -> str:
@@ -211,6 +224,7 @@ def prepare(step: Step, plan: Plan | None = None) -> dict:
     out = step.out
     check_step_inputs(step)  # every artifact it reads is as its step wrote it, before anything is written
     with _locked(out):
+        _take_back(out, step)
         if (out / RUN).exists() and not (out / MANIFEST).exists():
             run = read_json(out / RUN)
             if _resumable(run, step):
@@ -219,13 +233,83 @@ def prepare(step: Step, plan: Plan | None = None) -> dict:
                     # same work, other paths (a copied workdir, a settled input): the tasks left read from here
                     write_json_atomic(out / RUN, current)
                 return current
-        if out.exists():
+        if (out / MANIFEST).exists():
+            _replace(out, previous_path(out))  # the complete artifact stays until its successor is complete
+        elif out.exists():
             shutil.rmtree(out)
         out.mkdir(parents=True)
         run = step.run_record(plan or step.plan())
         run["started"] = time.time()
         write_json_atomic(out / RUN, run)
         return run
+
+
+# --- the previous artifact while its successor is built ------------------------------------------
+# A stale artifact is not deleted when its step runs again: it moves aside to `.<name>.previous` and is
+# deleted only once the new one is complete. If the run fails (a full disk, a failed task, Ctrl-C), the
+# previous artifact moves back into place and the unfinished one waits at `.<name>.partial`, where the
+# next run of the same step resumes it. Readers of the workdir thus never find a hole where a complete
+# artifact was. (Hidden names: a step name cannot start with a dot, so no step's directory is one.)
+
+
+def previous_path(out: Path) -> Path:
+    return out.parent / f".{out.name}.previous"
+
+
+def partial_path(out: Path) -> Path:
+    return out.parent / f".{out.name}.partial"
+
+
+def _replace(src: Path, dst: Path) -> None:
+    """Rename src to dst, dropping what dst held (renames within one directory: no space needed)."""
+    if dst.exists():
+        shutil.rmtree(dst)
+    src.rename(dst)
+
+
+def _take_back(out: Path, step: Step) -> None:
+    """An unfinished run set aside after a failure comes back to resume, if it is this step's; else it goes."""
+    partial = partial_path(out)
+    if not (partial / RUN).exists():
+        return
+    if not _resumable(read_json(partial / RUN), step):
+        shutil.rmtree(partial)
+        return
+    if (out / MANIFEST).exists():
+        _replace(out, previous_path(out))
+    elif out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
+
+
+def set_aside(out: Path) -> bool:
+    """After a failed run: the previous complete artifact back in place, the unfinished one kept to resume.
+    True when there was a previous artifact to restore."""
+    previous = previous_path(out)
+    with _locked(out):
+        if not (previous / MANIFEST).exists() or (out / MANIFEST).exists():
+            return False
+        if out.exists():
+            _replace(out, partial_path(out))
+        previous.rename(out)
+        return True
+
+
+def start_over(out: Path) -> None:
+    """Before a forced run: no resume, and the complete artifact (if any) kept aside until the new one is done."""
+    with _locked(out):
+        if partial_path(out).exists():
+            shutil.rmtree(partial_path(out))
+        if (out / MANIFEST).exists():
+            _replace(out, previous_path(out))
+        elif out.exists():
+            shutil.rmtree(out)
+
+
+def _drop_previous(out: Path) -> None:
+    for path in (previous_path(out), partial_path(out)):
+        if path.exists():
+            shutil.rmtree(path)
 
 
 def pending_tasks(out: Path, run: dict, phase_index: int) -> list[int]:
@@ -310,4 +394,5 @@ def finalize(out: Path) -> dict:
         manifest["planned_fingerprint"] = planned_fp  # lets dependents planned under it settle theirs
     (out / LOGS).mkdir(exist_ok=True)
     write_manifest(out, manifest)
+    _drop_previous(out)
     return manifest

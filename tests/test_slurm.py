@@ -84,7 +84,7 @@ def test_failed_task_is_reported_with_its_log(tmp_path, shared_data):
     res = run_cli("run", "p.toml", cwd=tmp_path)
     assert res.returncode == 1
     log_path = tmp_path / "runs/f/ingest/_logs"
-    assert res.stderr.strip().splitlines()[-1].startswith(f"error: SlurmFailed: step ingest: finalize failed; log {log_path}/finalize-")
+    assert res.stderr.strip().splitlines()[-1].startswith(f"error: step ingest: finalize failed; log {log_path}/finalize-")
     assert not (tmp_path / "runs/f/dedup/_manifest.json").exists()
 
 

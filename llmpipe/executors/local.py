@@ -16,12 +16,13 @@ from typing import Iterator
 
 from llmpipe import step as step_mod
 from llmpipe.artifacts.layout import remove_temporaries
+from llmpipe.errors import StepFailed
 from llmpipe.executors.torchrun import local_command, nproc_of
 from llmpipe.log import progress
 
 
-class TaskFailed(Exception):
-    exit_code = 1
+class TaskFailed(StepFailed):
+    """A task raised; the message names the step, the task and what it raised."""
 
 
 def _run_one(out: str, phase: int, task: int) -> None:
@@ -94,5 +95,5 @@ def _wait_all(futures: dict, label: str, advance) -> None:
                 err = f.exception()
                 if getattr(err, "exit_code", None) is not None:
                     raise err
-                raise TaskFailed(f"{label}: task {futures[f]} failed: {type(err).__name__}: {err}") from err
+                raise TaskFailed(f"{label}: task {futures[f]} failed: {type(err).__name__}: {err} (re-run with --debug for the traceback)") from err
             advance(1)

@@ -20,15 +20,15 @@ from pathlib import Path
 
 from llmpipe import step as step_mod
 from llmpipe.artifacts.layout import LOGS, MANIFEST, read_json, task_record_path
-from llmpipe.errors import UserError
+from llmpipe.errors import StepFailed, UserError
 from llmpipe.executors.torchrun import nproc_of, slurm_command
 from llmpipe.log import log
 
 MAX_ARRAY_SIZE = 1001  # Slurm's default; larger phases go as several arrays, each with a task offset
 
 
-class SlurmFailed(Exception):
-    exit_code = 1
+class SlurmFailed(StepFailed):
+    """sbatch refused a script, or a step's jobs ended without its manifest."""
 
 
 def slurm_available() -> bool:
@@ -224,7 +224,7 @@ def submit_pipeline(pipe, built: dict, selected: list[str], force: bool = False,
                 reports.append(StepReport(name, state, why, "skipped", st.out))
                 continue
             if force and st.out.exists():
-                shutil.rmtree(st.out)
+                step_mod.start_over(st.out)
             jobs, records[name] = submit_step(st, settings, ":".join(upstream_jobs) or None, job_ids)
             last_job[name] = jobs[-1]
             submitted.append(st)
