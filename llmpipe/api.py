@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -75,14 +76,30 @@ def _check_input_kind(stage, inp: Input, where: str) -> None:
     raise InputError(f"{where}: {inp.path} is {what}, but stage \"{stage.name}\" reads {' or '.join(accepts)}; run ingest first")
 
 
+FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
 def disk_full(e: BaseException, out: Path) -> str | None:
     """'No space left on device writing <file or artifact>' when e, or what it wraps (a worker's error), is a full
-    disk or quota (pyarrow and torch raise OSErrors with the errno but their own wording and no file name)."""
+    disk or quota. Libraries say it their own ways: pyarrow an OSError with the errno and its own wording,
+    safetensors an error whose text ends "(os error 28)", numpy a short write ("N requested and M written")."""
+    first = e
     while e is not None:
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(e, OSError) and e.errno in FULL:
             return f"{os.strerror(e.errno)} writing {e.filename or out}"
+        if any(f"(os error {n})" in str(e) or os.strerror(n) in str(e) for n in FULL):
+            return f"{os.strerror(errno.ENOSPC)} writing {out}"
         e = e.__cause__ or e.__context__
+    if isinstance(first, (OSError, StepFailed)) and _free_bytes(out) < 1 << 20:  # a short write on a disk now full
+        return f"{os.strerror(errno.ENOSPC)} writing {out}"
     return None
+
+
+def _free_bytes(path: Path) -> int:
+    try:
+        return shutil.disk_usage(next(p for p in (path, *path.parents) if p.exists())).free
+    except (OSError, StopIteration):
+        return 1 << 62
 
 
 def array_shard() -> tuple[int, int] | None:

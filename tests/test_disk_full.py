@@ -4,6 +4,7 @@ line, and a run after space is freed resumes and completes. On a real small file
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -24,7 +25,7 @@ inputs = ["{corpus}/*.jsonl"]
 [steps.dedup]
 inputs = ["ingest"]
 """
-DISK_MB = 8
+DISK_MB = 32
 
 
 @pytest.fixture
@@ -95,3 +96,65 @@ def test_disk_full_keeps_the_previous_artifact_and_the_rerun_completes(tmp_path,
     for name in ("ingest", "dedup"):
         got, want = files_of(small_disk / "runs" / name), files_of(roomy / "runs" / name)
         assert {k: v for k, v in got.items() if "part-" in k} == {k: v for k, v in want.items() if "part-" in k}
+
+
+TRAINING = """
+[pipeline]
+workdir = "runs"
+
+[steps.ingest]
+inputs = ["{corpus}"]
+
+[steps.tokenizer]
+stage = "train_tokenizer"
+inputs = ["ingest"]
+vocab_size = 512
+
+[steps.tokens]
+stage = "tokenize"
+inputs = ["ingest"]
+tokenizer = "tokenizer"
+
+[steps.model]
+stage = "pretrain"
+inputs = ["tokens"]
+tokenizer = "tokenizer"
+n_layer = 2
+n_embd = 64
+n_head = 4
+n_kv_head = 4
+seq_len = 128
+micro_batch = 4
+batch_tokens = 512
+max_steps = 6
+warmup_steps = 1
+eval_every = 3
+eval_steps = 1
+checkpoint_every = 3
+trackers = []
+device = "cpu"
+"""
+
+
+@pytest.mark.slow
+def test_disk_full_while_training_writes_a_checkpoint(tmp_path, small_disk, shared_data):
+    """The training loop's checkpoint is what fills the disk: one line, the previous model in place, then a resume."""
+    pipeline = write(small_disk / "pipeline.toml", TRAINING.format(corpus=shared_data / "text" / "c4_demo.jsonl"))
+    env = {"OMP_NUM_THREADS": "1"}
+    run_cli("run", str(pipeline), cwd=small_disk, check=True, env=env)
+    model = small_disk / "runs" / "model"
+    before = files_of(model)
+    checkpoint_bytes = sum(p.stat().st_size for p in model.rglob("*.safetensors"))
+
+    filler = fill(small_disk, leave_bytes=checkpoint_bytes // 3)  # room to start, not for a checkpoint
+    res = run_cli("run", str(pipeline), "--set", "model.max_steps=9", cwd=small_disk, env=env)
+    assert res.returncode == 1, res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: model: the disk is full (No space left on device writing "), res.stderr
+    assert "the previous complete artifact is kept in its place" in last and "Traceback" not in res.stderr
+    assert files_of(model) == before
+
+    filler.unlink()
+    run_cli("run", str(pipeline), "--set", "model.max_steps=9", cwd=small_disk, check=True, env=env)
+    assert json.loads((model / "_manifest.json").read_text())["params"]["max_steps"] == 9
+    assert not (model.parent / ".model.partial").exists() and not (model.parent / ".model.previous").exists()
