@@ -25,12 +25,15 @@ SKIP = -2  # a file no task reads (a type the stage does not read): it opens no 
 
 def pack(sizes: Sequence[int], task_bytes: int, cuts: Callable[[int, int], list[int]]) -> list[dict]:
     """Tasks for files of these sizes: consecutive files while their bytes stay within task_bytes;
-    a file of task_bytes or more alone, in pieces at the offsets cuts(index, size) gives (may be none)."""
+    a file of task_bytes or more alone, in pieces at the offsets cuts(index, size) gives (may be none).
+    An empty file counts one byte, so task_bytes=1 gives every file a task, as ingest did before."""
     tasks: list[dict] = []
     first, total = None, 0
     for k, size in enumerate(sizes):
         if size == SKIP:
             continue
+        if size != ALONE:
+            size = max(size, 1)
         if size == ALONE or size >= task_bytes:
             if first is not None:
                 tasks.append({"files": [first, k]})
