@@ -28,28 +28,25 @@ def pack(sizes: Sequence[int], task_bytes: int, cuts: Callable[[int, int], list[
     a file of task_bytes or more alone, in pieces at the offsets cuts(index, size) gives (may be none).
     An empty file counts one byte, so task_bytes=1 gives every file a task, as ingest did before."""
     tasks: list[dict] = []
-    first, total = None, 0
+    first, total = None, 0  # the group being filled: its first file and its bytes
     for k, size in enumerate(sizes):
         if size == SKIP:
             continue
-        if size != ALONE:
-            size = max(size, 1)
-        if size == ALONE or size >= task_bytes:
-            if first is not None:
-                tasks.append({"files": [first, k]})
-                first = None
-            bounds = [0, *cuts(k, size), None] if size != ALONE else []
-            if len(bounds) > 2:
-                tasks.extend({"files": [k, k + 1], "offsets": [a, b]} for a, b in zip(bounds, bounds[1:]))
-            else:
-                tasks.append({"files": [k, k + 1]})
-            continue
-        if first is not None and total + size > task_bytes:
+        cost = max(size, 1)
+        alone = size == ALONE or cost >= task_bytes
+        if first is not None and (alone or total + cost > task_bytes):
             tasks.append({"files": [first, k]})
             first = None
+        if alone:
+            bounds = [0, *cuts(k, size), None] if size != ALONE else [0, None]
+            if len(bounds) == 2:
+                tasks.append({"files": [k, k + 1]})
+            else:
+                tasks.extend({"files": [k, k + 1], "offsets": [a, b]} for a, b in zip(bounds, bounds[1:]))
+            continue
         if first is None:
             first, total = k, 0
-        total += size
+        total += cost
     if first is not None:
         tasks.append({"files": [first, _after_last_read(sizes)]})
     return tasks

@@ -107,8 +107,9 @@ def file_kind(name: str) -> str | None:
 def plan(params: Params, inputs) -> Plan:
     from llmpipe.readers.warc_split import cut_points, splittable
 
+    pairs = all_files(inputs)
     sizes = []
-    for inp, f in all_files(inputs):
+    for inp, f in pairs:
         if inp.kind == "embedded":
             if inp.path.removeprefix(EMBEDDED_PREFIX) in CHAT_SOURCES:
                 raise ValueError(f"inputs: {inp.path} holds fine-tuning rows, not documents; give it to sft or dpo")
@@ -119,7 +120,7 @@ def plan(params: Params, inputs) -> Plan:
         unknown = sorted(os.path.basename(f) for inp in inputs for f in inp.files)
         raise ValueError(f"inputs: no file ingest can read in {', '.join(inp.path for inp in inputs)} ({_names(unknown)}); "
                          "it reads JSONL, Parquet, plain text (.txt, .md), HTML and WARC/WET/ARC files")
-    files = [f for _, f in all_files(inputs)]
+    files = [f for _, f in pairs]
 
     def cuts(k: int, size: int) -> list[int]:  # a big WARC in pieces of about task_bytes, cut where records start
         return cut_points(files[k], size, -(-size // params.task_bytes)) if splittable(files[k]) else []

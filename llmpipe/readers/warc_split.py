@@ -1,7 +1,9 @@
 """Where a big WARC can be cut between tasks: record-start offsets, found without reading the whole file.
 
 Each task then reads the records that start in its byte range (llmpipe/readers/warc.py), so the
-tasks together read exactly the records one task would, in the same order.
+tasks together read exactly the records one task would, in the same order. (Where a corrupt record
+stops the reader, one task loses the rest of the file; the pieces after the corrupt one still read
+theirs.)
 
 - .warc.gz / .wet.gz: every record is its own gzip member (the WARC standard's recommendation,
   what Common Crawl and every crawler write). Near each cut, the file is searched for a gzip

@@ -13,6 +13,7 @@ import llmpipe
 from llmpipe import step as step_mod
 from llmpipe.api import build_step
 from llmpipe.executors.local import run_phases
+from llmpipe.file_groups import ALONE, SKIP, pack
 from llmpipe.inputs import resolve_input
 from stages.ingest import STAGE, Params
 from tests.conftest import make_big_warc, run_cli
@@ -37,6 +38,19 @@ def _tiny_tree(root: Path, n: int) -> dict[str, str]:
         path.write_text(before + text + after)
         texts[str(path)] = text
     return texts
+
+
+def test_pack_groups_by_bytes_keeps_big_and_embedded_files_alone_and_cuts_where_told():
+    sizes = [40, 50, SKIP, 20, 0, 300, 10, ALONE, SKIP, 60, 70, SKIP]
+    tasks = pack(sizes, 100, lambda k, size: [120, 250] if k == 5 else [])
+    assert tasks == [
+        {"files": [0, 3]},  # 40 + 50 (the next 20 would pass 100 bytes), and the stray file of another type between
+        {"files": [3, 5]},  # 20, and the empty file counting one byte
+        {"files": [5, 6], "offsets": [0, 120]}, {"files": [5, 6], "offsets": [120, 250]}, {"files": [5, 6], "offsets": [250, None]},
+        {"files": [6, 7]},
+        {"files": [7, 8]},  # an embedded source: always its own task
+        {"files": [9, 10]}, {"files": [10, 11]},  # a stray file opens no task, nor does the trailing one
+    ]
 
 
 def test_2000_tiny_files_in_nested_folders_make_20_tasks_and_parts(tmp_path):
