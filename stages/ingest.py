@@ -1,13 +1,19 @@
 """Turn raw inputs (WARC/WET/ARC, HTML, JSONL/.gz/.zst, Parquet, plain text, embedded sources) into documents.
 
-One task per input file; each writes one Parquet part. Web pages are decoded (BOM, HTTP and
-<meta> charset, UTF-8, then cp1252 or detection for non-Latin scripts, as browsers do) and
-reduced to their main text by trafilatura (best measured quality) or resiliparse (~15x faster);
-WET records are taken as they are. Plain-text and JSONL files are read as UTF-8 when they are,
-else the same way (or with the `encoding` you name); manifest stats count the codec each
-document was read with (`decoded_utf-8`, `decoded_cp1252`). Bad records (corrupt or truncated
-WARC records, broken JSON lines, binary payloads) are counted by reason and skipped; non-HTML
-responses, error statuses, empty and giant pages are counted drops. Lone surrogates (JSON
+Input files are packed into tasks of about `task_bytes` (128 MiB) in their sorted order; each task
+writes one Parquet part with its files' documents in that order, so 100,000 small files make a
+few parts, not 100,000. A WARC/WET (.warc.gz, .warc, .wet.gz, .wet) bigger than task_bytes is split
+between several tasks at record boundaries, each reading the records that start in its byte
+range: the parts hold the same documents, in the same order, as one task would. A file removed
+between planning and its task is counted (`missing_file`), as bad data is.
+
+Web pages are decoded (BOM, HTTP and <meta> charset, UTF-8, then cp1252 or detection for non-Latin
+scripts, as browsers do) and reduced to their main text by trafilatura (best measured quality) or
+resiliparse (~15x faster); WET records are taken as they are. Plain-text and JSONL files are read as
+UTF-8 when they are, else the same way (or with the `encoding` you name); manifest stats count the
+codec each document was read with (`decoded_utf-8`, `decoded_cp1252`). Bad records (corrupt or
+truncated WARC records, broken JSON lines, binary payloads) are counted by reason and skipped;
+non-HTML responses, error statuses, empty and giant pages are counted drops. Lone surrogates (JSON
 "\\udce9" escapes) become U+FFFD (`repaired_surrogates`). Files of other types in a directory or
 glob (a stray .pdf) and broken or looping symlinks are skipped and counted.
 
@@ -23,6 +29,7 @@ Records without their own id get a stable hash of input, path and line (or offse
 
     llmpipe ingest --input embedded:python-docs --output runs/docs
     llmpipe ingest --input 'data/*.jsonl.gz' --output runs/web
+    llmpipe ingest --input crawl/ --output runs/crawl --task-bytes 1   # as before: one task per file
     [steps.ingest]
     inputs = ["embedded:python-docs", "data/*.jsonl"]
 """
@@ -39,6 +46,7 @@ from typing import Iterator, Literal
 from llmpipe.artifacts.documents import DocumentWriter
 from llmpipe.artifacts.layout import part_name
 from llmpipe.errors import DataError
+from llmpipe.file_groups import ALONE, SKIP, all_files, file_size, pack, task_files
 from llmpipe.inputs import EMBEDDED_PREFIX
 from llmpipe.readers.embedded import CHAT_SOURCES
 from llmpipe.log import log
@@ -70,10 +78,15 @@ class Params:
         default="trafilatura", metadata={"help": "HTML main-text extractor: trafilatura (F1 0.96 on AEB) or resiliparse (~15x faster, F1 0.90)."}
     )
     max_page_bytes: int = field(default=5_000_000, metadata={"help": "Skip web payloads larger than this many bytes before extraction."})
+    task_bytes: int = field(
+        default=128 << 20, metadata={"help": "Bytes of input files per task and Parquet part (128 MiB: minutes of WARC extraction, seconds of JSONL); small files share a task, a bigger WARC is split at record boundaries; 1 gives each file its own task."}
+    )
 
     def __post_init__(self):
         if not 0 <= self.max_bad_fraction <= 1:
             raise ValueError(f"max_bad_fraction: expected a number in [0, 1], got {self.max_bad_fraction}")
+        if self.task_bytes < 1:
+            raise ValueError(f"task_bytes: expected a positive number of bytes, got {self.task_bytes}")
         if self.min_chars > self.max_chars:
             raise ValueError(f"min_chars: {self.min_chars} is above max_chars={self.max_chars}")
         if self.encoding != "auto":
@@ -92,19 +105,27 @@ def file_kind(name: str) -> str | None:
 
 
 def plan(params: Params, inputs) -> Plan:
-    tasks = []
-    for inp in inputs:
+    from llmpipe.readers.warc_split import cut_points, splittable
+
+    pairs = all_files(inputs)
+    sizes = []
+    for inp, f in pairs:
         if inp.kind == "embedded":
             if inp.path.removeprefix(EMBEDDED_PREFIX) in CHAT_SOURCES:
                 raise ValueError(f"inputs: {inp.path} holds fine-tuning rows, not documents; give it to sft or dpo")
-            tasks.append({"source": inp.path})
-            continue
-        name = os.path.normpath(inp.path)  # the input as given: documents' source, and part of their stable ids
-        tasks.extend({"source": f, "input": name, "path": inp.display_path(f)} for f in inp.files if file_kind(os.path.basename(f)))
-    if not tasks:
+            sizes.append(ALONE)
+        else:
+            sizes.append(file_size(f) if file_kind(os.path.basename(f)) else SKIP)
+    if all(s == SKIP for s in sizes):
         unknown = sorted(os.path.basename(f) for inp in inputs for f in inp.files)
         raise ValueError(f"inputs: no file ingest can read in {', '.join(inp.path for inp in inputs)} ({_names(unknown)}); "
                          "it reads JSONL, Parquet, plain text (.txt, .md), HTML and WARC/WET/ARC files")
+    files = [f for _, f in pairs]
+
+    def cuts(k: int, size: int) -> list[int]:  # a big WARC in pieces of about task_bytes, cut where records start
+        return cut_points(files[k], size, -(-size // params.task_bytes)) if splittable(files[k]) else []
+
+    tasks = pack(sizes, params.task_bytes, cuts)
     return Plan(phases=[("read", tasks)], files=[part_name(i) for i in range(len(tasks))])
 
 
@@ -121,6 +142,21 @@ def _stable_id(task: dict, where: int | None) -> str:
     return hashlib.sha1(f"{task['input']}\0{task['path']}\0{where}".encode()).hexdigest()[:20]
 
 
+def _task_records(inputs, task: dict, params: Params, stats: TaskStats) -> Iterator[dict]:
+    """The records of a task's files in order, each file's documents naming that file."""
+    for inp, f in task_files(inputs, task):
+        if inp.kind == "embedded":
+            yield from _records({"source": f}, params, stats)
+            continue
+        if not file_kind(os.path.basename(f)):
+            continue  # a stray .pdf between the files of a task: counted once, in finalize
+        if not os.path.exists(f):
+            stats.skip("missing_file", f"{inp.display_path(f)}: removed after the step was planned")
+            continue
+        offsets = task.get("offsets") or [0, None]
+        yield from _records({"source": f, "input": os.path.normpath(inp.path), "path": inp.display_path(f), "offsets": offsets}, params, stats)
+
+
 def _records(task: dict, params: Params, stats: TaskStats) -> Iterator[dict]:
     from llmpipe.readers import text as readers
 
@@ -134,7 +170,7 @@ def _records(task: dict, params: Params, stats: TaskStats) -> Iterator[dict]:
     if kind == "web":
         from llmpipe.readers.warc import iter_web_records
 
-        yield from _page_documents(iter_web_records(source, stats), task, params, stats)
+        yield from _page_documents(iter_web_records(source, stats, *task["offsets"]), task, params, stats)
         return
     if kind == "html":
         from llmpipe.readers.warc import WebRecord
@@ -211,7 +247,7 @@ def read_task(ctx, task: dict) -> dict:
     stats = TaskStats()
     batch: list[dict] = []
     with DocumentWriter(ctx.out / part_name(ctx.task_index)) as writer:
-        for rec in _records(task, params, stats):
+        for rec in _task_records(ctx.inputs, task, params, stats):
             n = len(rec["text"].strip())
             if n < params.min_chars:
                 stats.drop("too_short")
@@ -265,6 +301,6 @@ def _text_key_hint(stats: dict, params: Params) -> str:
 
 
 STAGE = Stage(
-    name="ingest", version=4, params=Params, doc=__doc__, plan=plan, run_task={"read": read_task},
+    name="ingest", version=5, params=Params, doc=__doc__, plan=plan, run_task={"read": read_task},
     finalize=finalize, output_kind="documents", input_kinds=("raw", "documents"),
 )

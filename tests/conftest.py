@@ -56,6 +56,19 @@ def make_jsonl_corpus(shared: Path, dest: Path, n_files: int, copies: int = 1) -
     return paths
 
 
+def make_big_warc(shared: Path, dest: Path, nbytes: int) -> Path:
+    """A .warc.gz of at least nbytes: the real crawl samples (Dolma, resiliparse, Common Crawl) one
+    after another, repeated (a gzip member per record, as crawlers write; copies keep their record ids)."""
+    warc = shared / "warc"
+    unit = b"".join((warc / name).read_bytes() for name in (
+        "dolma/sample-0000.warc.gz", "dolma/sample-0001.warc.gz", "resiliparse/warcfile.warc.gz", "commoncrawl/whirlwind.warc.gz"))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest, "wb") as f:
+        for _ in range(-(-nbytes // len(unit))):
+            f.write(unit)
+    return dest
+
+
 def slurm_up() -> bool:
     """A real Slurm cluster answers here (CI starts one with .ci/start-slurm.sh)."""
     if shutil.which("sinfo") is None:

@@ -27,6 +27,7 @@ workers = 2
 
 [steps.ingest]
 inputs = ["corpus/*.jsonl"]
+task_bytes = 1  # one task per file: the run is still mid-step once the first task is recorded
 
 [steps.dedup]
 inputs = ["ingest"]
@@ -96,14 +97,14 @@ def test_stage_command_writing_a_step_of_a_running_pipeline_is_refused(tmp_path,
 def test_pipeline_is_refused_while_a_stage_command_writes_one_of_its_steps(tmp_path, shared_data):
     make_jsonl_corpus(shared_data, tmp_path / "corpus", n_files=N_FILES, copies=150)  # long enough to start a run beside it
     write(tmp_path / "p.toml", PIPELINE)
-    stage = _start(tmp_path, "ingest", "--input", "corpus/*.jsonl", "--output", "runs/p/ingest", "--workers", "2")
+    stage = _start(tmp_path, "ingest", "--input", "corpus/*.jsonl", "--output", "runs/p/ingest", "--task-bytes", "1", "--workers", "2")
     _wait_for(tmp_path / "runs/p/ingest/_tasks/read", stage)
     res = run_cli("run", "p.toml", cwd=tmp_path, timeout=60)
     stage.communicate(timeout=300)
     assert stage.returncode == 0
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     ingest = (tmp_path / "runs/p/ingest").resolve()
-    assert res.stderr.startswith(f"error: {ingest} is in use by llmpipe ingest --input 'corpus/*.jsonl' --output runs/p/ingest --workers 2 (pid {stage.pid} on ")
+    assert res.stderr.startswith(f"error: {ingest} is in use by llmpipe ingest --input 'corpus/*.jsonl' --output runs/p/ingest --task-bytes 1 --workers 2 (pid {stage.pid} on ")
     assert not (tmp_path / "runs/p/dedup").exists(), "the refused run wrote nothing"
     # what the stage command made is what the pipeline's ingest step makes: the run finds it fresh
     assert "1 ran, 1 fresh" in run_cli("run", "p.toml", cwd=tmp_path, check=True).stdout

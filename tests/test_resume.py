@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ workers = 2
 
 [steps.ingest]
 inputs = ["corpus/*.jsonl"]
+task_bytes = 20_000_000  # files of 6-15 MB, one or two a task: 8 tasks, half of them reading two files
 
 [steps.dedup]
 inputs = ["ingest"]
@@ -51,7 +53,8 @@ def test_kill_9_halfway_then_rerun_equals_uninterrupted_run(tmp_path, shared_dat
     os.killpg(proc.pid, signal.SIGKILL)  # the runner and its pool workers, as an OOM killer or scancel would
     proc.wait()
     done_at_kill = len(list(records.glob("*.json")))
-    assert 0 < done_at_kill < N_FILES, f"the kill should land mid-step, but {done_at_kill}/{N_FILES} tasks were done"
+    n_tasks = len(json.loads((tmp_path / "runs/killed/ingest/_run.json").read_text())["phases"][0]["tasks"])
+    assert n_tasks == 8 and 0 < done_at_kill < n_tasks, f"the kill should land mid-step, but {done_at_kill}/{n_tasks} tasks were done"
     assert not (tmp_path / "runs/killed/ingest/_manifest.json").exists()
 
     status = run_cli("status", "killed.toml", cwd=tmp_path, check=True)

@@ -32,6 +32,7 @@ setup = "export PYTHONPATH={repo}"
 
 [steps.ingest]
 inputs = ["corpus/*.jsonl"]
+task_bytes = 1          # a task and a part per file: four of each
 
 [steps.dedup]
 inputs = ["ingest"]
@@ -91,7 +92,7 @@ def test_failed_task_is_reported_with_its_log(tmp_path, shared_data):
 def test_hand_written_array_job_shards_a_stage_command(tmp_path, shared_data):
     """examples/slurm/ingest_array.sbatch: users' own sbatch arrays split a stage by SLURM_ARRAY_TASK_ID."""
     make_jsonl_corpus(shared_data, tmp_path / "corpus", n_files=4)
-    script = (REPO / "examples/slurm/ingest_array.sbatch").read_text()
+    script = (REPO / "examples/slurm/ingest_array.sbatch").read_text().replace("--output runs/docs", "--output runs/docs --task-bytes 1")  # 4 tasks
     write(tmp_path / "job.sbatch", script)
     res = subprocess.run(["sbatch", "--wait", "--output=job-%a.out", "job.sbatch"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr + "".join(p.read_text() for p in tmp_path.glob("job-*.out"))

@@ -26,22 +26,27 @@ class WebRecord:
     offset: int | None = None  # where the record starts in the file (compressed bytes for .gz, as CDX indexes count)
 
 
-def iter_web_records(path: str, stats: TaskStats) -> Iterator[WebRecord]:
+def iter_web_records(path: str, stats: TaskStats, start: int = 0, end: int | None = None) -> Iterator[WebRecord]:
+    """The records of a file; with start/end, only those that start in [start, end), where start is a
+    record's offset (llmpipe/readers/warc_split.py), so a file's pieces read as the whole file does."""
     name = os.path.basename(path)
     if name.endswith((".arc", ".arc.gz")):
         yield from _iter_warcio(path, stats)
     else:
-        yield from _iter_fastwarc(path, stats)
+        yield from _iter_fastwarc(path, stats, start, end)
 
 
-def _iter_fastwarc(path: str, stats: TaskStats) -> Iterator[WebRecord]:
+def _iter_fastwarc(path: str, stats: TaskStats, start: int = 0, end: int | None = None) -> Iterator[WebRecord]:
     from fastwarc.warc import ArchiveIterator, WarcRecordType
 
     name = os.path.basename(path)
     valid = malformed = 0
     try:
         with open(path, "rb") as stream:
+            stream.seek(start)  # FastWARC's offsets stay those of the whole file
             for rec in ArchiveIterator(stream, auto_decode="all"):
+                if end is not None and rec.stream_pos >= end:
+                    break  # the next piece's first record
                 rid = (rec.headers.get("WARC-Record-ID") or "").strip("<>")
                 if not rid:  # a header block FastWARC could not split (LF line endings, garbage)
                     stats.skip("bad_warc_record", f"{name}: malformed record header")
@@ -70,7 +75,7 @@ def _iter_fastwarc(path: str, stats: TaskStats) -> Iterator[WebRecord]:
     except (OSError, ValueError) as e:  # "Invalid WARC header", broken compression
         stats.skip("bad_warc", f"{name}: {e}")
         return
-    if valid == 0 and malformed == 0 and os.path.getsize(path) > 0:
+    if valid == 0 and malformed == 0 and start == 0 and end is None and os.path.getsize(path) > 0:
         stats.skip("bad_warc", f"{name}: no readable WARC records")
 
 

@@ -22,7 +22,7 @@ from tests.test_resume import rows
 def _docs(tmp_path, parts: list[list[str]]):
     for k, texts in enumerate(parts):
         (tmp_path / f"in{k}.jsonl").write_text("".join(json.dumps({"id": f"{k}-{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
-    return llmpipe.run_stage("ingest", [str(tmp_path / "in*.jsonl")], tmp_path / "docs")
+    return llmpipe.run_stage("ingest", [str(tmp_path / "in*.jsonl")], tmp_path / "docs", task_bytes=1)  # a part per file
 
 
 def test_exact_duplicates_across_parts_keep_first(tmp_path):
@@ -216,7 +216,7 @@ def planted(tmp_path_factory):
     docs = planted_corpus(SHARED_DATA)
     root = tmp_path_factory.mktemp("planted")
     llmpipe.run_stage("ingest", [write_parts(docs, root / "one", 1)], root / "docs1")
-    llmpipe.run_stage("ingest", [write_parts(docs, root / "four", 4)], root / "docs4")
+    llmpipe.run_stage("ingest", [write_parts(docs, root / "four", 4)], root / "docs4", task_bytes=1)  # four parts
     return docs, root
 
 

@@ -25,6 +25,7 @@ setup = "export PYTHONPATH={repo}"
 
 [steps.ingest]
 inputs = ["{corpus}"]
+task_bytes = 1  # a task and a part per file: dedup's phases fan out over 4 parts
 
 [steps.dedup]
 inputs = ["ingest"]

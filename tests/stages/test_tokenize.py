@@ -36,7 +36,7 @@ def data(tmp_path_factory):
     for k in range(4):
         (tmp / "four" / f"q{k}.jsonl").write_text("".join(lines[k * quarter:(k + 1) * quarter]))
     llmpipe.run_stage("ingest", [str(tmp / "one")], tmp / "docs1")
-    llmpipe.run_stage("ingest", [str(tmp / "four")], tmp / "docs4", workers=2)
+    llmpipe.run_stage("ingest", [str(tmp / "four")], tmp / "docs4", workers=2, task_bytes=1)  # four parts
     llmpipe.run_stage("train_tokenizer", [str(tmp / "docs1")], tmp / "tok", vocab_size=2000, holdout_documents=20)
     return tmp
 
