@@ -11,6 +11,7 @@ as the floor).
 
 Cases (sizes at --scale 1; the text is real prose: paragraphs of ../shared/data/text):
   doc-jsonl    one document of 50 MB in a JSONL file -> ingest, then dedup and filter of that
+  docs         50 MB of documents of 10 MB each in a JSONL file -> ingest
   doc-txt      one document of 50 MB as a .txt file -> ingest (text_split=file)
   line         a 10 MB line among 2,000 short ones, .txt, text_split=line -> ingest
   tiny         JSONL of 1M tiny records (~40 bytes) -> ingest
@@ -77,6 +78,17 @@ def doc_jsonl(size: float, dest: Path, pool: list[str]) -> Path:
     return path
 
 
+def giant_docs(size: float, dest: Path, pool: list[str], each: float = 10) -> Path:
+    """size megabytes of documents of `each` MB (fewer if size is smaller) in one JSONL file."""
+    path = dest / "docs.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        for k in range(max(1, round(size / min(each, size)))):
+            f.write(f'{{"id": "giant-{k}", "text": "')
+            big_text(f, min(each, size) + k * 1e-6, pool, escape=True)  # another seed: another text
+            f.write('"}\n')
+    return path
+
+
 def doc_txt(size: float, dest: Path, pool: list[str]) -> Path:
     path = dest / "doc.txt"
     with open(path, "w", encoding="utf-8") as f:
@@ -110,11 +122,12 @@ def short_docs(n: float, dest: Path, pool: list[str], per_file: int = 100_000) -
     """n documents of ~50 words, 1 in 20 followed by a near copy and 1 in 50 by an exact one."""
     folder = dest / "corpus"
     folder.mkdir()
-    rng, i, f = random.Random(1), 0, None
+    rng, i, f, opened = random.Random(1), 0, None, -1
     while i < n:
-        if i % per_file == 0:
+        if i // per_file != opened:
             f and f.close()
-            f = open(folder / f"docs-{i // per_file:04d}.jsonl", "w", encoding="utf-8")
+            opened = i // per_file
+            f = open(folder / f"docs-{opened:04d}.jsonl", "w", encoding="utf-8")
         words = []
         for _ in range(5):  # 10-word windows of 5 paragraphs: no two documents alike by chance
             para = pool[rng.randrange(len(pool))].split()
@@ -153,6 +166,7 @@ class Case:
 GIANT = ["--max-chars", HUGE]
 CASES = {
     "doc-jsonl": Case("one document in a JSONL file", "MB", 50, doc_jsonl, [("ingest", GIANT), ("dedup", []), ("filter", [])]),
+    "docs": Case("documents of 10 MB in one JSONL file", "MB", 50, giant_docs, [("ingest", GIANT)]),
     "doc-txt": Case("one document as a .txt file", "MB", 50, doc_txt, [("ingest", GIANT)]),
     "line": Case("one long line among 2,000, text_split=line", "MB", 10, long_line, [("ingest", GIANT + ["--text-split", "line"])]),
     "tiny": Case("JSONL of tiny records (~40 B)", "records", 1_000_000, tiny_records, [("ingest", [])]),
@@ -214,7 +228,7 @@ def table(rows: list[dict], quadruple: bool) -> str:
     for row in rows:
         runs = row["runs"]
         ratio = runs[1]["peak_mb"] / runs[0]["peak_mb"]
-        cells = [f"{row['case']}: {row['what']}", row["stage"], f"{runs[0]['size']:,g} {row['unit']} ({runs[0]['input_mb']:,.0f} MB)",
+        cells = [f"{row['case']}: {row['what']}", row["stage"], f"{runs[0]['size']:,.0f} {row['unit']} ({runs[0]['input_mb']:,.0f} MB)",
                  *[f"{r['peak_mb']:,.0f} MB" for r in runs], f"{ratio:.2f}x",
                  " / ".join(max(r["phases"], key=r["phases"].get) for r in runs[:2]), f"{runs[0]['seconds']:,.0f} / {runs[1]['seconds']:,.0f}",
                  "yes" if ratio <= FLAT else "**no**"]

@@ -79,6 +79,8 @@ class DocumentWriter:
         if self._buffer:
             self._writer.write_table(pa.Table.from_batches(self._buffer, schema=self.schema))
             self._buffer, self._buffered_bytes = [], 0
+            # mimalloc keeps freed row groups' pages otherwise: 617 -> 725 MB from 100 to 200 MB of 10 MB documents
+            pa.default_memory_pool().release_unused()
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
