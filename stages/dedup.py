@@ -23,7 +23,7 @@ from typing import Literal
 
 import numpy as np
 
-from llmpipe.artifacts.layout import part_name, save_array
+from llmpipe.artifacts.layout import part_name, read_rows, save_array
 from llmpipe.registry import Plan, Stage
 from llmpipe.text.normalize import TextNorm, UnicodeForm
 
@@ -119,51 +119,60 @@ def _part_starts(ctx) -> np.ndarray:
 
 
 def signatures_task(ctx, task: dict) -> dict:
-    """Per document: hash of the normalised text, length, score, and with near_dedup its MinHash signature and band keys."""
+    """Per document: hash of the normalised text, length, score, and with near_dedup its MinHash signature and band keys.
+
+    Each batch's arrays are appended to their files as it is done, so a task holds one batch, not
+    its part (a part of a million documents has 512 MB of signatures at 128 permutations).
+    """
+    import contextlib
     import hashlib
 
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from llmpipe.artifacts.documents import iter_batches
+    from llmpipe.artifacts.documents import count_rows, iter_batches
+    from llmpipe.artifacts.layout import ArrayWriter
     from llmpipe.text.lines import distinct_per_document, line_hashes
+    from llmpipe.text.lsh import band_keys
     from llmpipe.text.minhash import MinHasher
     from llmpipe.text.normalize import join_words, prepare, split_words
 
     p: Params = ctx.params
     hasher = MinHasher(p.num_perm, p.seed, p.ngram, p.shingle, p.minhash_scheme) if p.near_dedup else None
     columns = ["text"] + ([p.quality_column] if p.keep == "quality" else [])
-    out: dict[str, list] = {k: [] for k in ("hash", "length", "quality", "sig", "shingles", "lines")}
+    work, i, n_docs = ctx.work_dir(), ctx.task_index, count_rows(task["part"])
+    lines: list[np.ndarray] = []
     n = 0
-    for batch in iter_batches(task["part"], columns, batch_size=1024):  # bounds the numpy temporaries
-        texts = batch.column("text")
-        words = split_words(prepare(texts, p.norm))
-        normalized = join_words(*words) if p.normalize else texts
-        out["hash"].append(np.array([int.from_bytes(hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
-                                     for t in normalized.to_pylist()], dtype=np.uint64))
-        out["length"].append(pc.utf8_length(texts).to_numpy(zero_copy_only=False).astype(np.int64))
-        if p.keep == "quality":
-            out["quality"].append(pc.cast(batch.column(p.quality_column), "float64").to_numpy(zero_copy_only=False))
-        if hasher is not None:
-            sig, shingles = hasher.signatures(normalized, words if p.shingle == "word" else None)
-            out["sig"].append(sig)
-            out["shingles"].append(shingles)
-        if p.line_dedup_max_docs:
-            doc, h = distinct_per_document(*line_hashes(texts, p.norm))
-            out["lines"].append(np.stack([(doc + n).astype(np.uint64), h], axis=1))
-        n += batch.num_rows
-    work, i = ctx.work_dir(), ctx.task_index
-    empty = {"hash": np.zeros(0, np.uint64), "length": np.zeros(0, np.int64), "quality": np.zeros(0, np.float64),
-             "sig": np.zeros((0, p.num_perm), np.uint32), "shingles": np.zeros(0, np.int64), "lines": np.zeros((0, 2), np.uint64)}
-    wanted = ["hash", "length"] + ["quality"] * (p.keep == "quality") + ["sig", "shingles"] * p.near_dedup
-    for what in wanted:
-        save_array(work / f"{i:05d}-{what}.npy", np.concatenate(out[what]) if out[what] else empty[what])
-    if p.near_dedup:
-        from llmpipe.text.lsh import band_keys
+    with contextlib.ExitStack() as stack:
+        def writer(what: str, dtype, row_shape: tuple[int, ...] = ()) -> ArrayWriter:
+            return stack.enter_context(ArrayWriter(work / f"{i:05d}-{what}.npy", n_docs, dtype, row_shape))
 
-        save_array(work / f"{i:05d}-keys.npy", band_keys(_load(ctx, "signatures", i, "sig"), *p.lsh()))
+        hashes, lengths = writer("hash", np.uint64), writer("length", np.int64)
+        quality = writer("quality", np.float64) if p.keep == "quality" else None
+        if hasher is not None:  # band keys one file per band: a buckets task reads one of them
+            sigs, shingle_counts = writer("sig", np.uint32, (p.num_perm,)), writer("shingles", np.int64)
+            keys = [writer(f"keys-{j:03d}", np.uint64) for j in range(p.lsh()[0])]
+        for batch in iter_batches(task["part"], columns, batch_size=1024):  # bounds the numpy temporaries
+            texts = batch.column("text")
+            words = split_words(prepare(texts, p.norm))
+            normalized = join_words(*words) if p.normalize else texts
+            hashes.append(np.array([int.from_bytes(hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+                                    for t in normalized.to_pylist()], dtype=np.uint64))
+            lengths.append(pc.utf8_length(texts).to_numpy(zero_copy_only=False).astype(np.int64))
+            if quality is not None:
+                quality.append(pc.cast(batch.column(p.quality_column), "float64").to_numpy(zero_copy_only=False))
+            if hasher is not None:
+                sig, shingles = hasher.signatures(normalized, words if p.shingle == "word" else None)
+                sigs.append(sig)
+                shingle_counts.append(shingles)
+                for band, key in zip(keys, band_keys(sig, *p.lsh())):
+                    band.append(key)
+            if p.line_dedup_max_docs:
+                doc, h = distinct_per_document(*line_hashes(texts, p.norm))
+                lines.append(np.stack([(doc + n).astype(np.uint64), h], axis=1))
+            n += batch.num_rows
     if p.line_dedup_max_docs:  # (document, line hash) pairs, split by hash so each lines task reads one slice
-        pairs = np.concatenate(out["lines"]) if out["lines"] else empty["lines"]
+        pairs = np.concatenate(lines) if lines else np.zeros((0, 2), np.uint64)
         n_partitions = next(len(ph["tasks"]) for ph in ctx.run["phases"] if ph["name"] == "lines")
         for j in range(n_partitions):
             save_array(work / f"{i:05d}-lines-{j:03d}.npy", pairs[pairs[:, 1] % np.uint64(n_partitions) == j])
@@ -180,15 +189,15 @@ def buckets_task(ctx, task: dict) -> dict:
     n_parts, band = _n_parts(ctx), task["band"]
     starts = _part_starts(ctx)
     hashes, shingled = _concat(ctx, "hash"), _concat(ctx, "shingles") > 0
-    keys = np.concatenate([_load(ctx, "signatures", i, "keys", mmap=True)[band] for i in range(n_parts)])
+    keys = np.concatenate([_load(ctx, "signatures", i, f"keys-{band:03d}") for i in range(n_parts)])
     # exact duplicates are settled already, and documents without shingles all share the empty signature
     eligible = np.flatnonzero(shingled & (first_occurrence(hashes) == np.arange(len(hashes))))
     bucket, ids = buckets(keys[eligible], eligible)
-    sigs = [_load(ctx, "signatures", i, "sig", mmap=True) for i in range(n_parts)]
+    sigs = [ctx.work_dir("signatures") / f"{i:05d}-sig.npy" for i in range(n_parts)]
 
-    def rows_of(ids: np.ndarray) -> np.ndarray:  # signatures of sorted global ids, read from the memory-mapped parts
+    def rows_of(ids: np.ndarray) -> np.ndarray:  # signatures of sorted global ids, read from the parts' files
         part = np.searchsorted(starts, ids, side="right") - 1
-        return np.concatenate([sigs[k][ids[part == k] - starts[k]] for k in np.unique(part)])
+        return np.concatenate([read_rows(sigs[k], ids[part == k] - starts[k]) for k in np.unique(part)])
 
     edges = verified_edges(bucket, ids, rows_of, p.threshold if p.verify_candidates else 0.0)
     save_array(ctx.work_dir() / f"{band:05d}-edges.npy", edges)
@@ -312,6 +321,6 @@ def finalize(ctx, stats: dict, records: dict) -> dict:
 
 
 STAGE = Stage(
-    name="dedup", version=2, params=Params, doc=__doc__, plan=plan, finalize=finalize, output_kind="documents",
+    name="dedup", version=3, params=Params, doc=__doc__, plan=plan, finalize=finalize, output_kind="documents",
     run_task={"signatures": signatures_task, "buckets": buckets_task, "clusters": clusters_task, "lines": lines_task, "filter": filter_task},
 )

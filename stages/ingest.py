@@ -58,6 +58,7 @@ WARC_SUFFIXES = (".warc", ".warc.gz", ".warc.lz4", ".warc.zst", ".wet", ".wet.gz
 HTML_SUFFIXES = (".html", ".htm", ".html.gz", ".htm.gz")
 TEXT_SUFFIXES = (".txt", ".txt.gz", ".md", ".text", ".rst")
 HTML_TYPES = ("text/html", "application/xhtml+xml", "text/plain")
+BATCH_ROWS, BATCH_CHARS = 2048, 32 << 20  # documents handed to the writer at once: whichever comes first
 
 
 @dataclass(frozen=True)
@@ -245,24 +246,53 @@ def _repaired(rec: dict, stats: TaskStats) -> dict:
 def read_task(ctx, task: dict) -> dict:
     params: Params = ctx.params
     stats = TaskStats()
-    batch: list[dict] = []
     with DocumentWriter(ctx.out / part_name(ctx.task_index)) as writer:
-        for rec in _task_records(ctx.inputs, task, params, stats):
-            n = len(rec["text"].strip())
-            if n < params.min_chars:
-                stats.drop("too_short")
-                continue
-            if len(rec["text"]) > params.max_chars:
-                stats.drop("too_large")
-                continue
-            batch.append(_repaired(rec, stats))
-            stats.count("documents")
-            stats.count("chars", len(rec["text"]))
-            if len(batch) >= 2048:
-                writer.write_rows(batch)
-                batch = []
-        writer.write_rows(batch)
+        for batch in _batches(_documents(_task_records(ctx.inputs, task, params, stats), params, stats)):
+            writer.write_rows(batch)
     return stats.to_json()
+
+
+def _documents(records: Iterator[dict], params: Params, stats: TaskStats) -> Iterator[dict]:
+    """Records within the length limits, with their strings made UTF-8-safe."""
+    for rec in records:
+        if _stripped_length(rec["text"]) < params.min_chars:
+            stats.drop("too_short")
+            continue
+        if len(rec["text"]) > params.max_chars:
+            stats.drop("too_large")
+            continue
+        stats.count("documents")
+        stats.count("chars", len(rec["text"]))
+        yield _repaired(rec, stats)
+
+
+def _batches(docs: Iterator[dict], max_rows: int = BATCH_ROWS, max_chars: int = BATCH_CHARS) -> Iterator[list[dict]]:
+    """Documents in lists of max_rows, or fewer once they hold max_chars of text: 2,048 pages of 5 MB
+    would otherwise be 10 GB in memory at once."""
+    batch, chars = [], 0
+    for doc in docs:
+        batch.append(doc)
+        chars += len(doc["text"])
+        if len(batch) >= max_rows or chars >= max_chars:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+def _stripped_length(text: str) -> int:
+    """len(text.strip()) without copying the text (a document can be 100 MB): only its ends are stripped."""
+    if not text or text.isspace():  # isspace stops at the first other character
+        return 0
+    k = 256
+    while text[:k].isspace():
+        k *= 2
+    lead = len(text[:k]) - len(text[:k].lstrip())
+    k = 256
+    while text[-k:].isspace():
+        k *= 2
+    trail = len(text[-k:]) - len(text[-k:].rstrip())
+    return len(text) - lead - trail
 
 
 def finalize(ctx, stats: dict, records: dict) -> dict:

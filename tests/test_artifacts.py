@@ -84,3 +84,39 @@ def test_checkpoint_round_trip_without_pickle(tmp_path):
     assert torch.equal(t["lm_head.weight"], emb) and config["model_type"] == "llama"
     assert state == {"step": 7} and torch.equal(st["exp_avg"], torch.ones(3))
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors", "training_state.json", "training_state.safetensors"]
+
+
+def test_document_parts_keep_no_statistics_of_the_text(tmp_path):
+    # Parquet copies a column's min and max while writing: for a giant document that is 3.4x its size
+    with DocumentWriter(tmp_path / "part.parquet") as w:
+        w.write_rows([{"id": "b", "text": "zz " * 1000, "line": 2}, {"id": "a", "text": "aa", "line": 1}])
+    group = pq.ParquetFile(tmp_path / "part.parquet").metadata.row_group(0)
+    columns = {group.column(i).path_in_schema: group.column(i) for i in range(group.num_columns)}
+    assert not columns["text"].is_stats_set
+    assert (columns["id"].statistics.min, columns["id"].statistics.max) == ("a", "b")
+    assert (columns["line"].statistics.min, columns["line"].statistics.max) == (1, 2)
+
+
+def test_array_writer_appends_slices_into_one_npy_and_read_rows_picks_rows(tmp_path):
+    from llmpipe.artifacts.layout import ArrayWriter, read_rows
+
+    sig = np.arange(7 * 4, dtype=np.uint32).reshape(7, 4)
+    with ArrayWriter(tmp_path / "sig.npy", 7, np.uint32, (4,)) as w:
+        for start in range(0, 7, 3):  # slices of 3, 3 and 1 rows
+            w.append(sig[start:start + 3])
+    assert np.array_equal(np.load(tmp_path / "sig.npy"), sig)
+    assert np.array_equal(read_rows(tmp_path / "sig.npy", [6, 0, 3]), sig[[6, 0, 3]])
+    assert read_rows(tmp_path / "sig.npy", []).shape == (0, 4)
+    hashes = np.array([5, 9, 1], dtype=np.uint64)
+    with ArrayWriter(tmp_path / "hash.npy", 3, np.uint64) as w:
+        w.append(hashes)
+    assert read_rows(tmp_path / "hash.npy", [2, 1]).tolist() == [1, 9]
+
+
+def test_array_writer_leaves_no_file_when_rows_are_missing(tmp_path):
+    from llmpipe.artifacts.layout import ArrayWriter
+
+    with pytest.raises(ValueError, match="short.npy: 2 rows written, 3 announced"):
+        with ArrayWriter(tmp_path / "short.npy", 3, np.int64) as w:
+            w.append(np.array([1, 2]))
+    assert list(tmp_path.iterdir()) == []

@@ -107,3 +107,56 @@ def save_array(path: Path, array) -> None:
 
     with atomic_path(Path(path)) as tmp, open(tmp, "wb") as f:
         np.save(f, array, allow_pickle=False)
+
+
+class ArrayWriter:
+    """Write a .npy of a known number of rows a slice at a time, atomically: the whole array is never
+    in memory (a part of a million documents has 512 MB of MinHash signatures)."""
+
+    def __init__(self, path: Path, rows: int, dtype, row_shape: tuple[int, ...] = ()):
+        import numpy as np
+
+        self.path, self.rows, self.dtype, self.row_shape = Path(path), rows, np.dtype(dtype), tuple(row_shape)
+        self.written = 0
+
+    def __enter__(self) -> "ArrayWriter":
+        import numpy as np
+
+        self._atomic = atomic_path(self.path)
+        self._file = open(self._atomic.__enter__(), "wb")
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": (self.rows, *self.row_shape)}
+        np.lib.format.write_array_header_1_0(self._file, header)
+        return self
+
+    def append(self, chunk) -> None:
+        import numpy as np
+
+        chunk = np.ascontiguousarray(chunk, dtype=self.dtype)
+        if chunk.shape[1:] != self.row_shape:
+            raise ValueError(f"{self.path.name}: rows of shape {chunk.shape[1:]}, expected {self.row_shape}")
+        self._file.write(chunk.data)
+        self.written += len(chunk)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._file.close()
+        if exc_type is None and self.written != self.rows:  # a short file must not be renamed into place
+            exc = ValueError(f"{self.path.name}: {self.written} rows written, {self.rows} announced")
+            self._atomic.__exit__(ValueError, exc, None)
+            raise exc
+        self._atomic.__exit__(exc_type, exc, tb)
+
+
+def read_rows(path: Path, rows) -> "np.ndarray":
+    """Rows `rows` of a .npy file, read one by one: a memory map would fault in (and count as resident)
+    the pages its readahead brings around every row, most of the file for scattered rows."""
+    import numpy as np
+
+    with open(path, "rb") as f:
+        np.lib.format.read_magic(f)
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        start, row_bytes = f.tell(), dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+        out = np.empty((len(rows), *shape[1:]), dtype=dtype)
+        view = out.view(np.uint8).reshape(len(rows), row_bytes)
+        for k, row in enumerate(np.asarray(rows, dtype=np.int64).tolist()):
+            view[k] = np.frombuffer(os.pread(f.fileno(), row_bytes, start + row * row_bytes), np.uint8)
+    return out

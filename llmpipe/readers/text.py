@@ -47,7 +47,10 @@ def _decoded_lines(raw: IO[bytes], encoding: str) -> Iterator[tuple[int, str, st
         except UnicodeDecodeError:
             enc = "utf-8" if mostly_utf8(line) else (legacy := legacy or legacy_codec(line))
             text = line.decode(enc, "replace")
-        yield lineno, text, enc
+        # hold neither the bytes nor the text while the caller works on this line (it may be 100 MB)
+        record = [(lineno, text, enc)]
+        del line, text
+        yield record.pop()
 
 
 def iter_jsonl(path: str, text_key: str, stats: TaskStats, encoding: str = "auto") -> Iterator[tuple[int, dict]]:
@@ -63,6 +66,7 @@ def iter_jsonl(path: str, text_key: str, stats: TaskStats, encoding: str = "auto
                 except ValueError:
                     stats.skip("bad_json", f"{name}:{lineno}")
                     continue
+                del line  # the parsed object alone stays while the caller works on it
                 if not isinstance(obj, dict) or not isinstance(obj.get(text_key), str):
                     stats.skip("no_text", f"{name}:{lineno}: {_no_text_reason(obj, text_key)}")
                     continue

@@ -78,3 +78,19 @@ def test_embedded_sources_are_real_text_with_no_download(tmp_path):
 def test_real_c4_sample(tmp_path, shared_data):
     m = llmpipe.run_stage("ingest", [str(shared_data / "text/c4_demo.jsonl")], tmp_path / "out")
     assert m["counts"]["documents"] == 300 and m["stats"]["skipped"] == {}
+
+
+def test_documents_reach_the_writer_in_batches_bounded_by_rows_and_by_text():
+    from stages.ingest import _batches
+
+    docs = [{"text": "x" * n} for n in (10, 30, 5, 50, 1, 1, 1)]
+    sizes = [[len(d["text"]) for d in b] for b in _batches(iter(docs), max_rows=3, max_chars=40)]
+    assert sizes == [[10, 30], [5, 50], [1, 1, 1]]  # a list closes at 40 characters or at 3 documents
+    assert list(_batches(iter([]))) == []
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\t ", "a", "  a b  ", " " * 300 + "word" + "\n" * 700, "\u3000x\u3000", "x" * 1000])
+def test_stripped_length_is_the_length_of_the_stripped_text(text):
+    from stages.ingest import _stripped_length
+
+    assert _stripped_length(text) == len(text.strip())
