@@ -148,3 +148,32 @@ def test_killed_fsdp_run_resumes_exactly(tokens, fsdp_run, tmp_path):
     assert (out / "model.safetensors").read_bytes() == (fsdp_run / "model.safetensors").read_bytes(), "the same weights, bit for bit"
     ours, theirs = _tensors(out / "checkpoints/step-8/training_state.safetensors"), _tensors(fsdp_run / "checkpoints/step-8/training_state.safetensors")
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs), "the same AdamW moments"
+
+
+def test_fsdp_with_lora_is_a_one_line_error(tmp_path, shared_data):
+    from tests.conftest import run_cli
+
+    res = run_cli("sft", "--input", str(shared_data / "sft" / "alpaca_en_demo.json"), "--checkpoint", str(tmp_path / "base"),
+                  "--output", str(tmp_path / "out"), "--parallel", "fsdp", "--lora-rank", "4", cwd=tmp_path)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        "error: sft --parallel: fsdp with lora_rank > 0 is not supported (the adapters are small: use ddp, or lora_rank = 0)"]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.long
+def test_two_rank_fsdp_sft_matches_one_process(chat_base, shared_data):
+    """sft through the same loop: 2 FSDP ranks x 1 micro-batch of 4 conversations = 1 process x 2 micro-batches."""
+    def sft(out, *extra):
+        return [sys.executable, "-m", "llmpipe", "sft", "--input", str(shared_data / "sft" / "alpaca_en_demo.json"), "--checkpoint", "model",
+                "--output", out, "--max-seq-len", "128", "--batch-size", "8", "--micro-batch", "4", "--lr", "1e-3", "--device", "cpu",
+                "--val-fraction", "0", "--max-steps", "6", *extra]
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    subprocess.run(sft("sft-one"), cwd=chat_base, env=env, check=True, capture_output=True)
+    two = subprocess.run(sft("sft-fsdp", "--nproc-per-node", "2", "--parallel", "fsdp"), cwd=chat_base, env=env, capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr
+    a, b = _train_records(chat_base / "sft-one"), _train_records(chat_base / "sft-fsdp")
+    print("sft losses, 1 process vs 2 FSDP ranks:", [(round(x["loss"], 6), round(y["loss"], 6)) for x, y in zip(a, b)])
+    assert len(a) == len(b) == 6 and max(abs(x["loss"] - y["loss"]) for x, y in zip(a, b)) < 1e-4
+    ours, theirs = _tensors(chat_base / "sft-fsdp" / "model.safetensors"), _tensors(chat_base / "sft-one" / "model.safetensors")
+    assert ours.keys() == theirs.keys() and max((ours[k] - theirs[k]).abs().max().item() for k in ours) < 1e-5

@@ -11,8 +11,10 @@ Checkpoints are the format DDP writes (model.safetensors + training_state.safete
 moments under the parameter names), not torch.distributed.checkpoint's per-rank files: DCP's
 FileSystemWriter pickles its .metadata, and llmpipe never writes a pickle. Saving gathers the full
 tensors to rank 0 (CPU, one tensor at a time) and rank 0 writes; resuming reads on rank 0 and
-broadcasts, and each rank keeps its shard (broadcast_from_rank0). So a checkpoint loads anywhere:
-in one process, under DDP, under FSDP with another number of ranks, in transformers.
+broadcasts, and each rank keeps its shard (broadcast_from_rank0; the tensors go as tensors, only the list
+of names and shapes goes between the job's own ranks through torch's broadcast_object_list, in memory, never
+from a file). The files do not depend on the number of ranks: one process, DDP, FSDP on any number of
+ranks and transformers all read them.
 
     shard(model, device); rebind_optimizer(optimizer, names, model)   # before the first step
     tensors, moments = full_state(model, optimizer)                   # every rank calls it; rank 0 gets them

@@ -1,8 +1,9 @@
 """The one training loop: pretrain, SFT and DPO each bring their batches and their loss_fn.
 
 It handles grad accumulation, clipping, the LR schedule, bf16 autocast on CUDA (fp32 on CPU), DDP
-gradient sync (or FSDP2 sharding, llmpipe/train/fsdp.py), an eval hook, checkpoints every N steps keeping the last K, automatic resume from
-the newest checkpoint in the output directory, metrics.jsonl and one log line per step.
+gradient sync or FSDP2 sharding (cfg.parallel, llmpipe/train/fsdp.py), an eval hook, checkpoints every
+N steps keeping the last K, automatic resume from the newest checkpoint in the output directory,
+metrics.jsonl and one log line per step.
 
 Resume is exact on CPU: batches are a pure function of the step (PackedBatches), the model has no
 dropout, and the checkpoint holds the weights and AdamW's moments, so a run killed and resumed
