@@ -250,6 +250,7 @@ def train_task(ctx, task: dict) -> dict:
     from llmpipe.train.dist import init_distributed, shutdown_distributed
     from llmpipe.train.examples import step_examples
     from llmpipe.train.finetune import before_after, write_chat_checkpoint
+    from llmpipe.train.fsdp import model_state
     from llmpipe.train.loop import LoopConfig, train
     from llmpipe.train.optim import lr_at, make_optimizer
 
@@ -300,12 +301,14 @@ def train_task(ctx, task: dict) -> dict:
         optimizer = make_optimizer(model, p.lr, p.weight_decay, device=dist.device)
         rows = sum(len(e.prompt) + len(c) for e in train_examples for c in e.completions)
         loop = LoopConfig(max_steps=steps, grad_clip=p.grad_clip, eval_every=p.eval_every, checkpoint_every=p.checkpoint_every,
-                          keep_last=p.keep_last, tokens_per_step=rows * p.batch_size // len(train_examples), eval_at_start=True)
+                          keep_last=p.keep_last, tokens_per_step=rows * p.batch_size // len(train_examples), eval_at_start=True,
+                          parallel=p.parallel)
         schedule = lambda step: lr_at(step, lr=p.lr, min_lr=p.min_lr, warmup_steps=p.warmup_steps, max_steps=steps)  # noqa: E731
         hf_config = model.config.to_hf()
         evals = train(model, optimizer, schedule, micro_batches, loss_fn, ctx.out, loop, dist, config_json=hf_config, eval_fn=eval_fn, trackers=p.trackers)
+        state = model_state(model)  # every rank: under FSDP the shards are gathered to rank 0
         if dist.is_main:
-            write_chat_checkpoint(ctx.out, model, hf_config, p.checkpoint, f"dpo ({p.loss}, beta {p.beta}): {len(train_examples)} examples, {steps} steps")
+            write_chat_checkpoint(ctx.out, state, hf_config, p.checkpoint, f"dpo ({p.loss}, beta {p.beta}): {len(train_examples)} examples, {steps} steps")
         metrics = before_after(evals)
         counts = {"examples": len(train_examples) + len(val_examples), "train_examples": len(train_examples),
                   "val_examples": len(val_examples), "steps": steps}

@@ -5,7 +5,8 @@ Output: model.safetensors + config.json (HF LlamaConfig) + the tokenizer files a
 root, so `AutoModelForCausalLM.from_pretrained(out)` and `AutoTokenizer.from_pretrained(out)` work;
 checkpoints/step-N/ (the last keep_last, with AdamW state, for resume), metrics.jsonl, loss.png.
 A killed run re-run with the same params resumes from its newest checkpoint. Under torchrun
-(nproc_per_node > 1, or Slurm) it trains with DDP; batch_tokens is the global batch.
+(nproc_per_node > 1, or Slurm) it trains with DDP, or with FSDP2 (parallel = "fsdp": each rank holds 1/N of the
+weights, gradients and AdamW moments; checkpoints and output are the same files); batch_tokens is the global batch.
 
     llmpipe pretrain --input runs/pretrain/tokens --tokenizer runs/pretrain/tokenizer --output runs/model --max-steps 50
 """
@@ -50,6 +51,7 @@ class Params:
     compile: bool = field(default=False, metadata={"help": "torch.compile the model: ~1.15x eager tokens/s on this 2-core CPU at 0.8M params, after a slow first step (compilation); pays off on long runs."})
     activation_checkpointing: bool = field(default=False, metadata={"help": "Recompute each block's activations in backward to save memory."})
     nproc_per_node: int = field(default=1, metadata={"help": "Training processes per node (torchrun, DDP); 1 trains in this process."})
+    parallel: Literal["ddp", "fsdp"] = field(default="ddp", metadata={"help": "With more than one rank: ddp (a full replica per rank) or fsdp (FSDP2: weights, gradients and optimizer state sharded over the ranks)."})
     device: Literal["auto", "cpu", "cuda", "mps"] = field(default="auto", metadata={"help": "Where to train: auto (cuda, else mps, else cpu), cpu, cuda or mps."})
     trackers: tuple[str, ...] = trackers_field()
 
@@ -142,6 +144,7 @@ def train_task(ctx, task: dict) -> dict:
     from llmpipe.train.data import PackedBatches, split_shards
     from llmpipe.artifacts.checkpoint import write_model_dir
     from llmpipe.train.dist import check_device, init_distributed, shutdown_distributed
+    from llmpipe.train.fsdp import model_state
     from llmpipe.train.loop import LoopConfig, loss_png, peak_flops, train
     from llmpipe.train.optim import lr_at, make_optimizer
 
@@ -194,14 +197,15 @@ def train_task(ctx, task: dict) -> dict:
         loop = LoopConfig(
             max_steps=p.max_steps, grad_clip=p.grad_clip, eval_every=p.eval_every, checkpoint_every=p.checkpoint_every,
             keep_last=p.keep_last, tokens_per_step=p.batch_tokens, flops_per_token=model.estimate_flops(p.seq_len),
-            peak_flops=peak_flops(dist.device),
+            peak_flops=peak_flops(dist.device), parallel=p.parallel,
         )
         schedule = lambda step: lr_at(step, lr=p.lr, min_lr=p.min_lr, warmup_steps=p.warmup_steps, max_steps=p.max_steps, schedule=p.schedule)  # noqa: E731
         hf_config = cfg.to_hf()
         evals = train(model, optimizer, schedule, micro_batches, loss_fn, ctx.out, loop, dist, config_json=hf_config,
                       eval_fn=eval_fn, compile=p.compile, trackers=p.trackers)
+        state = model_state(model)  # every rank: under FSDP the shards are gathered to rank 0
         if dist.is_main:
-            write_model_dir(ctx.out, model.state_dict(), hf_config, p.tokenizer)
+            write_model_dir(ctx.out, state, hf_config, p.tokenizer)
             loss_png(ctx.out / "loss.png", ctx.out / "metrics.jsonl", f"pretrain: {cfg.n_layer} layers, d {cfg.n_embd}, {model.num_params() / 1e6:.2f}M params")
         final = evals[-1] if evals else {}
         return {"counts": {"steps": p.max_steps, "tokens": p.max_steps * p.batch_tokens, "parameters": model.num_params()},

@@ -51,6 +51,8 @@ class Params(FineTuneParams):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.lora_rank and self.parallel == "fsdp":
+            raise ValueError("parallel: fsdp with lora_rank > 0 is not supported (the adapters are small: use ddp, or lora_rank = 0)")
         if self.lora_rank < 0 or not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_rank: expected a rank >= 0 (0: full fine-tuning) and lora_dropout in [0, 1), got {self.lora_rank}, {self.lora_dropout}")
 
@@ -99,6 +101,7 @@ def train_task(ctx, task: dict) -> dict:
     from llmpipe.train.examples import step_examples
     from llmpipe.train.lora import apply_lora, merge_lora, save_adapter
     from llmpipe.train.finetune import before_after, write_chat_checkpoint
+    from llmpipe.train.fsdp import model_state
     from llmpipe.train.loop import LoopConfig, train
     from llmpipe.train.optim import lr_at, make_optimizer
 
@@ -151,15 +154,16 @@ def train_task(ctx, task: dict) -> dict:
         trainable = sum(t.numel() for t in model.parameters() if t.requires_grad)
         tokens_per_step = sum(len(ids) for ids, _ in train_examples) * p.batch_size // len(train_examples)  # on average
         loop = LoopConfig(max_steps=steps, grad_clip=p.grad_clip, eval_every=p.eval_every, checkpoint_every=p.checkpoint_every,
-                          keep_last=p.keep_last, tokens_per_step=tokens_per_step, eval_at_start=True)
+                          keep_last=p.keep_last, tokens_per_step=tokens_per_step, eval_at_start=True, parallel=p.parallel)
         schedule = lambda step: lr_at(step, lr=p.lr, min_lr=p.min_lr, warmup_steps=p.warmup_steps, max_steps=steps)  # noqa: E731
         hf_config = model.config.to_hf()
         evals = train(model, optimizer, schedule, micro_batches, loss_fn, ctx.out, loop, dist, config_json=hf_config, eval_fn=eval_fn, trackers=p.trackers)
+        weights = model_state(model) if p.parallel == "fsdp" else model  # FSDP: every rank gathers its shards to rank 0
         if dist.is_main:
             if p.lora_rank:  # the adapter for PEFT users, then one plain checkpoint for every later stage
                 save_adapter(model, ctx.out / "adapter", base_model_name_or_path=str(Path(p.checkpoint).resolve()))
                 merge_lora(model)
-            write_chat_checkpoint(ctx.out, model, hf_config, p.checkpoint, f"sft: {len(train_examples)} conversations, {steps} steps")
+            write_chat_checkpoint(ctx.out, weights, hf_config, p.checkpoint, f"sft: {len(train_examples)} conversations, {steps} steps")
         metrics = before_after(evals)
         counts = {"conversations": len(train_examples) + len(val_examples), "train_conversations": len(train_examples),
                   "val_conversations": len(val_examples), "steps": steps, "trainable_parameters": trainable}

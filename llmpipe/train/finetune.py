@@ -36,6 +36,7 @@ class FineTuneParams:
     seed: int = field(default=0, metadata={"help": "Seed of the held-out split and of the batch order."})
     max_bad_fraction: float = field(default=0.1, metadata={"help": "Fail when more than this share of the rows is unusable."})
     nproc_per_node: int = field(default=1, metadata={"help": "Training processes per node (torchrun, DDP); 1 trains in this process."})
+    parallel: str = field(default="ddp", metadata={"help": "With more than one rank: ddp (a full replica per rank) or fsdp (FSDP2: weights, gradients and optimizer state sharded over the ranks)."})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps."})
     trackers: tuple[str, ...] = trackers_field()
 
@@ -53,6 +54,8 @@ class FineTuneParams:
             raise ValueError(f"val_fraction: expected a number in [0, 1), got {self.val_fraction}")
         if not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"min_lr: expected a number in [0, lr={self.lr}], got {self.min_lr}")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ValueError(f"parallel: expected ddp or fsdp, got {self.parallel!r}")
         if self.device not in DEVICES:
             raise ValueError(f"device: expected {', '.join(DEVICES)}, got {self.device!r}")
 
@@ -112,12 +115,12 @@ def read_examples(ctx, load, tokenizer, max_len: int, what: str):
 
 def write_chat_checkpoint(out: Path, model, hf_config: dict, tokenizer_dir: str, title: str) -> None:
     """The output every later stage reads: a plain checkpoint with the chat template (and transformers' stop at
-    <|end|>), plus the loss curve."""
+    <|end|>), plus the loss curve. model: the trained model, or its state dict (FSDP: llmpipe.train.fsdp.model_state)."""
     from llmpipe.artifacts.checkpoint import write_model_dir
     from llmpipe.text.chat_template import write_chat_template, write_generation_config
     from llmpipe.train.loop import loss_png
 
-    write_model_dir(out, model.state_dict(), hf_config, tokenizer_dir)
+    write_model_dir(out, model if isinstance(model, dict) else model.state_dict(), hf_config, tokenizer_dir)
     write_chat_template(out)
     write_generation_config(out)  # transformers' generate stops at <|end|> too
     loss_png(out / "loss.png", out / "metrics.jsonl", title)

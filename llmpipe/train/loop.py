@@ -1,8 +1,9 @@
 """The one training loop: pretrain, SFT and DPO each bring their batches and their loss_fn.
 
 It handles grad accumulation, clipping, the LR schedule, bf16 autocast on CUDA (fp32 on CPU), DDP
-gradient sync, an eval hook, checkpoints every N steps keeping the last K, automatic resume from
-the newest checkpoint in the output directory, metrics.jsonl and one log line per step.
+gradient sync or FSDP2 sharding (cfg.parallel, llmpipe/train/fsdp.py), an eval hook, checkpoints every
+N steps keeping the last K, automatic resume from the newest checkpoint in the output directory,
+metrics.jsonl and one log line per step.
 
 Resume is exact on CPU: batches are a pure function of the step (PackedBatches), the model has no
 dropout, and the checkpoint holds the weights and AdamW's moments, so a run killed and resumed
@@ -38,6 +39,7 @@ class LoopConfig:
     flops_per_token: float = 0.0  # for MFU
     peak_flops: float = 0.0  # per process; 0 (CPU, unknown GPU) leaves MFU out
     eval_at_start: bool = False  # evaluate the model as it comes in (fine-tuning: the base model's figures)
+    parallel: str = "ddp"  # with more than one rank: ddp (replicas) or fsdp (shards, llmpipe/train/fsdp.py)
 
 
 def peak_flops(device: str) -> float:
@@ -112,13 +114,24 @@ def train(
     out = Path(out)
     raw = model
     names = {p: n for n, p in raw.named_parameters()}
+    fsdp = cfg.parallel == "fsdp" and dist.ddp
+    if fsdp:  # sharding makes new parameters: before the first step and before a resume fills the shards
+        from llmpipe.train import fsdp as sharded
+
+        sharded.shard(raw, dist.device)
+        sharded.rebind_optimizer(optimizer, names, raw)
     start = 0
     found = checkpoint_dirs(out)
     if found:
         step, path = found[-1]
-        tensors, _, state, opt = load_checkpoint(path, device="cpu")
-        raw.load_state_dict(tensors)
-        load_optimizer_tensors(optimizer, names, opt or {})
+        if fsdp:  # rank 0 reads the full checkpoint, every rank keeps its shards
+            tensors, _, state, opt = load_checkpoint(path, device="cpu") if dist.is_main else ({}, None, None, None)
+            sharded.load_full_state(raw, optimizer, tensors, opt or {})
+            state = json.loads((path / "training_state.json").read_text())
+        else:
+            tensors, _, state, opt = load_checkpoint(path, device="cpu")
+            raw.load_state_dict(tensors)
+            load_optimizer_tensors(optimizer, names, opt or {})
         start = int(state["step"])
         log(f"resuming from {path} (step {start}/{cfg.max_steps})")
     if dist.is_main:
@@ -128,7 +141,7 @@ def train(
         _truncate_metrics(out / METRICS, start, drop_eval_at_end=start >= cfg.max_steps)
     # rank 0 alone writes metrics; the trackers start over from what metrics.jsonl kept (a resume replays it)
     tracked = Trackers(out, trackers if dist.is_main else (), metrics=out / METRICS)
-    if dist.ddp:
+    if dist.ddp and not fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         model = DDP(model, device_ids=[dist.local_rank] if dist.device.startswith("cuda") else None)
@@ -137,9 +150,12 @@ def train(
     evals: list[dict] = []
 
     def save(step: int) -> None:
+        if fsdp:  # the same files as DDP's: every rank gathers, rank 0 holds the full tensors
+            tensors, moments = sharded.full_state(raw, optimizer)
+        elif dist.is_main:
+            tensors, moments = raw.state_dict(), {k: v.cpu() for k, v in optimizer_tensors(optimizer, names).items()}
         if dist.is_main:
-            save_checkpoint(out / CHECKPOINTS / f"step-{step}", raw.state_dict(), config_json, {"step": step},
-                            {k: v.cpu() for k, v in optimizer_tensors(optimizer, names).items()})
+            save_checkpoint(out / CHECKPOINTS / f"step-{step}", tensors, config_json, {"step": step}, moments)
             for _, old in checkpoint_dirs(out)[:-cfg.keep_last] if cfg.keep_last > 0 else []:
                 shutil.rmtree(old, ignore_errors=True)
         if dist.ddp:
@@ -173,7 +189,9 @@ def train(
         for k, batch in enumerate(batches):
             sync = k == len(batches) - 1
             ctx = model.no_sync() if dist.ddp and not sync and hasattr(model, "no_sync") else _nullcontext()
-            with ctx:  # no_sync: gradients are all-reduced once, on the last micro-batch
+            if fsdp:
+                sharded.set_gradient_sync(raw, sync)
+            with ctx:  # no_sync: gradients are all-reduced (FSDP: reduce-scattered) once, on the last micro-batch
                 with _autocast(dist.device):
                     loss, metrics = _loss_and_metrics(loss_fn(model, batch))
                     loss = loss / len(batches)
@@ -187,7 +205,8 @@ def train(
                 stacked = torch.stack(list(extra.values()))
                 torch.distributed.all_reduce(stacked, op=torch.distributed.ReduceOp.AVG)
                 extra = dict(zip(extra, stacked))
-        grad_norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        clip = sharded.clip_grad_norm if fsdp else torch.nn.utils.clip_grad_norm_  # FSDP: the norm over every rank's shards
+        grad_norm = clip(raw.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         loss_value = total.item()  # syncs the device, so dt below is real
