@@ -101,9 +101,9 @@ def _execute(step: step_mod.Step, workers: int, force: bool) -> dict:
         return step_mod.read_json(step.out / "_manifest.json")
     if force and step.out.exists():
         step_mod.check_output_is_ours(step.out, step.name)
-        import shutil
+        from llmpipe.artifacts.layout import remove_artifact
 
-        shutil.rmtree(step.out)
+        remove_artifact(step.out)
     try:  # planned again now that earlier steps have run (a pipeline plans before they exist), before a write
         plan = step.plan()
     except ValueError as e:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from llmpipe import step as step_mod
-from llmpipe.artifacts.layout import LOGS, MANIFEST, read_json, task_record_path
+from llmpipe.artifacts.layout import LOGS, MANIFEST, read_json, remove_artifact, task_record_path
 from llmpipe.errors import UserError
 from llmpipe.executors.torchrun import nproc_of, slurm_command
 from llmpipe.log import log
@@ -224,7 +224,7 @@ def submit_pipeline(pipe, built: dict, selected: list[str], force: bool = False,
                 reports.append(StepReport(name, state, why, "skipped", st.out))
                 continue
             if force and st.out.exists():
-                shutil.rmtree(st.out)
+                remove_artifact(st.out)
             jobs, records[name] = submit_step(st, settings, ":".join(upstream_jobs) or None, job_ids)
             last_job[name] = jobs[-1]
             submitted.append(st)
