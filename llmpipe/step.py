@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import llmpipe
-from llmpipe.artifacts.layout import LOGS, MANIFEST, RUN, TASKS, WORK, read_json, remove_temporaries, task_record_path, write_json_atomic
+from llmpipe.artifacts.layout import (LOGS, MANIFEST, RUN, TASKS, TMP_MARK, WORK, read_json, remove_artifact, remove_temporaries,
+                                      task_record_path, write_json_atomic)
 from llmpipe.artifacts.manifest import content_fingerprint, write_manifest
 from llmpipe.artifacts.verify import check_step_inputs, damage, seal
 from llmpipe.config import canonical_json, params_from_mapping, params_to_dict
@@ -202,8 +203,13 @@ def check_output_is_ours(out: Path, where: str) -> None:
     blocker = next((p for p in out.parents if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
         raise InputError(f"{where}: output {out} cannot be made: {blocker} is a file")
-    if out.is_dir() and any(out.iterdir()) and not ((out / RUN).exists() or (out / MANIFEST).exists()):
+    if out.is_dir() and any(out.iterdir()) and not ((out / RUN).exists() or (out / MANIFEST).exists() or _killed_in_prepare(out)):
         raise InputError(f"{where}: output {out} exists and is not an llmpipe artifact; choose another path or remove it")
+
+
+def _killed_in_prepare(out: Path) -> bool:
+    """Only the temporary of `_run.json` is there: prepare made the directory and was killed before the rename."""
+    return all(p.name.startswith(RUN + TMP_MARK) for p in out.iterdir())
 
 
 def prepare(step: Step, plan: Plan | None = None) -> dict:
@@ -220,7 +226,7 @@ def prepare(step: Step, plan: Plan | None = None) -> dict:
                     write_json_atomic(out / RUN, current)
                 return current
         if out.exists():
-            shutil.rmtree(out)
+            remove_artifact(out)
         out.mkdir(parents=True)
         run = step.run_record(plan or step.plan())
         run["started"] = time.time()
