@@ -12,8 +12,13 @@ as the floor).
 Cases (sizes at --scale 1; the text is real prose: paragraphs of ../shared/data/text):
   doc-jsonl    one document of 50 MB in a JSONL file -> ingest, then dedup and filter of that
   docs         50 MB of documents of 10 MB each in a JSONL file -> ingest
+  docs-50      100 MB of documents of 50 MB each (2, then 4) in a JSONL file -> ingest, dedup, filter
   doc-txt      one document of 50 MB as a .txt file -> ingest (text_split=file)
   line         a 10 MB line among 2,000 short ones, .txt, text_split=line -> ingest
+  lines        20 MB of 10 MB lines (2, then 4) among short ones, .txt, text_split=line -> ingest
+The cases named in the singular double one record (memory follows the largest record: about 10
+bytes per byte of text in ingest, more in dedup and filter); the plural ones double the number of
+records of the issue's size, which is what must stay flat.
   tiny         JSONL of 1M tiny records (~40 bytes) -> ingest
   corpus       1M short documents (~300 bytes, 1 in 20 a near copy, 1 in 50 an exact copy) as
                JSONL files of 100k -> ingest, dedup
@@ -110,6 +115,21 @@ def long_line(size: float, dest: Path, pool: list[str]) -> Path:
     return path
 
 
+def long_lines(size: float, dest: Path, pool: list[str], each: float = 10) -> Path:
+    """size megabytes of lines of `each` MB (paragraphs joined by spaces) among short ones, in a .txt file."""
+    path = dest / "lines.txt"
+    with open(path, "w", encoding="utf-8") as f:
+        for k in range(max(1, round(size / min(each, size)))):
+            f.writelines(p + "\n" for p in pool[k * 100:(k + 1) * 100])
+            rng, left = random.Random(size + k), int(min(each, size) * 1e6)
+            while left > 0:
+                p = pool[rng.randrange(len(pool))] + " "
+                f.write(p)
+                left -= len(p)
+            f.write("\n")
+    return path
+
+
 def tiny_records(n: float, dest: Path, pool: list[str]) -> Path:
     path, words = dest / "tiny.jsonl", " ".join(pool[:200]).split()
     with open(path, "w", encoding="utf-8") as f:
@@ -167,8 +187,12 @@ GIANT = ["--max-chars", HUGE]
 CASES = {
     "doc-jsonl": Case("one document in a JSONL file", "MB", 50, doc_jsonl, [("ingest", GIANT), ("dedup", []), ("filter", [])]),
     "docs": Case("documents of 10 MB in one JSONL file", "MB", 50, giant_docs, [("ingest", GIANT)]),
+    "docs-50": Case("documents of 50 MB in one JSONL file", "MB", 100, lambda n, d, p: giant_docs(n, d, p, each=50),
+                    [("ingest", GIANT), ("dedup", []), ("filter", [])]),
     "doc-txt": Case("one document as a .txt file", "MB", 50, doc_txt, [("ingest", GIANT)]),
     "line": Case("one long line among 2,000, text_split=line", "MB", 10, long_line, [("ingest", GIANT + ["--text-split", "line"])]),
+    "lines": Case("lines of 10 MB among short ones, .txt, text_split=line", "MB", 20, long_lines,
+                  [("ingest", GIANT + ["--text-split", "line"])]),
     "tiny": Case("JSONL of tiny records (~40 B)", "records", 1_000_000, tiny_records, [("ingest", [])]),
     "corpus": Case("short documents (~300 B), JSONL files of 100k", "documents", 1_000_000, short_docs, [("ingest", []), ("dedup", [])]),
     "filter": Case("documents of 3-8 paragraphs (~2 kB)", "documents", 100_000, long_docs, [("ingest", []), ("filter", [])]),

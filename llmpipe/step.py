@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import llmpipe
-from llmpipe.artifacts.layout import LOGS, MANIFEST, RUN, TASKS, WORK, read_json, remove_temporaries, task_record_path, write_json_atomic
+from llmpipe.artifacts.layout import (LOGS, MANIFEST, RUN, TASKS, TMP_MARK, WORK, read_json, remove_artifact, remove_temporaries,
+                                      task_record_path, write_json_atomic)
 from llmpipe.artifacts.manifest import content_fingerprint, write_manifest
 from llmpipe.artifacts.verify import check_step_inputs, damage, seal
 from llmpipe.config import canonical_json, params_from_mapping, params_to_dict
@@ -215,8 +216,13 @@ def check_output_is_ours(out: Path, where: str) -> None:
     blocker = next((p for p in out.parents if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
         raise InputError(f"{where}: output {out} cannot be made: {blocker} is a file")
-    if out.is_dir() and any(out.iterdir()) and not ((out / RUN).exists() or (out / MANIFEST).exists()):
+    if out.is_dir() and any(out.iterdir()) and not ((out / RUN).exists() or (out / MANIFEST).exists() or _killed_in_prepare(out)):
         raise InputError(f"{where}: output {out} exists and is not an llmpipe artifact; choose another path or remove it")
+
+
+def _killed_in_prepare(out: Path) -> bool:
+    """Only the temporary of `_run.json` is there: prepare made the directory and was killed before the rename."""
+    return all(p.name.startswith(RUN + TMP_MARK) for p in out.iterdir())
 
 
 def prepare(step: Step, plan: Plan | None = None) -> dict:
@@ -236,7 +242,7 @@ def prepare(step: Step, plan: Plan | None = None) -> dict:
         if (out / MANIFEST).exists():
             _replace(out, previous_path(out))  # the complete artifact stays until its successor is complete
         elif out.exists():
-            shutil.rmtree(out)
+            remove_artifact(out)
         out.mkdir(parents=True)
         run = step.run_record(plan or step.plan())
         run["started"] = time.time()
@@ -263,7 +269,7 @@ def partial_path(out: Path) -> Path:
 def _replace(src: Path, dst: Path) -> None:
     """Rename src to dst, dropping what dst held (renames within one directory: no space needed)."""
     if dst.exists():
-        shutil.rmtree(dst)
+        remove_artifact(dst)
     src.rename(dst)
 
 
@@ -273,12 +279,12 @@ def _take_back(out: Path, step: Step) -> None:
     if not (partial / RUN).exists():
         return
     if not _resumable(read_json(partial / RUN), step):
-        shutil.rmtree(partial)
+        remove_artifact(partial)
         return
     if (out / MANIFEST).exists():
         _replace(out, previous_path(out))
     elif out.exists():
-        shutil.rmtree(out)
+        remove_artifact(out)
     partial.rename(out)
 
 
@@ -299,17 +305,17 @@ def start_over(out: Path) -> None:
     """Before a forced run: no resume, and the complete artifact (if any) kept aside until the new one is done."""
     with _locked(out):
         if partial_path(out).exists():
-            shutil.rmtree(partial_path(out))
+            remove_artifact(partial_path(out))
         if (out / MANIFEST).exists():
             _replace(out, previous_path(out))
         elif out.exists():
-            shutil.rmtree(out)
+            remove_artifact(out)
 
 
 def _drop_previous(out: Path) -> None:
     for path in (previous_path(out), partial_path(out)):
         if path.exists():
-            shutil.rmtree(path)
+            remove_artifact(path)
 
 
 def pending_tasks(out: Path, run: dict, phase_index: int) -> list[int]:

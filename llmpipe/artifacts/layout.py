@@ -101,6 +101,25 @@ def remove_temporaries(artifact: Path) -> None:
             p.unlink(missing_ok=True)
 
 
+def remove_artifact(artifact: Path) -> None:
+    """Delete an artifact in an order that a kill at any moment leaves harmless: the manifest first (nothing
+    takes it as complete from then on), then the task records (a resumed run redoes every task whose outputs
+    may be gone), then the rest, and `_run.json` last: until then it marks the directory as an artifact to
+    replace, where a directory of bare files would be refused as a user's (shutil.rmtree deletes in directory
+    order, which may take the markers first)."""
+    artifact = Path(artifact)
+    marker = artifact / (RUN if (artifact / RUN).exists() else MANIFEST)
+    for first in (MANIFEST, TASKS):
+        path = artifact / first
+        if path != marker:
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    for path in artifact.iterdir():
+        if path != marker:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    marker.unlink(missing_ok=True)
+    artifact.rmdir()
+
+
 def save_array(path: Path, array) -> None:
     """Write a numpy array as .npy atomically (intermediate files of multi-phase stages); never pickled."""
     import numpy as np

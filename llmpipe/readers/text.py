@@ -127,32 +127,50 @@ def iter_parquet(path: str, text_key: str, stats: TaskStats) -> Iterator[tuple[i
 
 def iter_plain_text(path: str, split: str, stats: TaskStats, encoding: str = "auto") -> Iterator[tuple[int, str]]:
     """(line number where it starts, text): the file as one document, or one per blank-line-separated
-    block, or one per line."""
-    with open_maybe_compressed(path) as f:
-        text, enc = decode(f.read(), encoding)
-    if "\x00" in text:
-        stats.skip("binary", os.path.basename(path))
-        return
+    block, or one per line. Blocks and lines are read as a stream: memory holds one record, not the file."""
     if split == "file":
-        records = iter([(1, text)])
-    elif split == "line":
-        records = ((i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip())
-    else:
-        records = _blocks(text.replace("\r\n", "\n"))
-    for n, record in records:
+        with open_maybe_compressed(path) as f:
+            text, enc = decode(f.read(), encoding)
+        if "\x00" in text:
+            stats.skip("binary", os.path.basename(path))
+            return
         stats.count(f"decoded_{enc}")
-        yield n, record
+        yield 1, text
+        return
+    with open_maybe_compressed(path) as raw:
+        if b"\x00" in raw.peek(1 << 16)[: 1 << 16] and strip_bom(raw.peek(4)[:4])[1] is None:
+            stats.skip("binary", os.path.basename(path))  # NUL bytes in a file without a UTF-16/32 mark: not text
+            return
+        lines = _decoded_lines(raw, encoding)
+        records = _lines(lines, stats) if split == "line" else _blocks(lines)
+        for n, record, enc in records:
+            stats.count(f"decoded_{enc}")
+            yield n, record
 
 
-def _blocks(text: str) -> Iterator[tuple[int, str]]:
+def _lines(lines: Iterator[tuple[int, str, str]], stats: TaskStats) -> Iterator[tuple[int, str, str]]:
+    """Non-blank lines, split as str.splitlines splits them (form feeds, \\r, U+2028 too), numbered in that order."""
+    n = 0
+    for _, line, enc in lines:
+        for piece in line.splitlines() or [""]:
+            n += 1
+            if "\x00" in piece:
+                stats.skip("binary", f"line {n}")
+            elif piece.strip():
+                yield n, piece, enc
+
+
+def _blocks(lines: Iterator[tuple[int, str, str]]) -> Iterator[tuple[int, str, str]]:
     """Blocks of lines separated by blank lines (spaces and tabs only), with their first line's number."""
-    start, lines = 0, []
-    for i, line in enumerate(text.split("\n"), 1):
+    start, block, enc = 0, [], "utf-8"
+    for i, line, line_enc in lines:
+        line = line.rstrip("\n").removesuffix("\r")
         if line.strip(" \t"):
-            start = start or i
-            lines.append(line)
-        elif lines:
-            yield start, "\n".join(lines)
-            start, lines = 0, []
-    if lines:
-        yield start, "\n".join(lines)
+            if not block:
+                start, enc = i, line_enc
+            block.append(line)
+        elif block:
+            yield start, "\n".join(block), enc
+            block = []
+    if block:
+        yield start, "\n".join(block), enc

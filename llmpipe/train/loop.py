@@ -82,6 +82,18 @@ def checkpoint_dirs(out: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def prune_checkpoints(out: Path, keep_last: int) -> None:
+    """Delete all but the newest keep_last complete checkpoints (all are kept when keep_last < 1), and any
+    checkpoint directory left half deleted by a run killed while pruning: one without model.safetensors is
+    not a checkpoint to checkpoint_dirs, so nothing else would ever remove it."""
+    complete = [path for _, path in checkpoint_dirs(out)]
+    keep = set(complete[-keep_last:] if keep_last > 0 else complete)
+    root = Path(out) / CHECKPOINTS
+    for d in sorted(root.glob("step-*")) if root.is_dir() else []:
+        if d not in keep and d.name[5:].isdigit() and d.is_dir():  # step-N.tmp-PID temporaries are remove_temporaries' to clear
+            shutil.rmtree(d, ignore_errors=True)
+
+
 def _autocast(device: str):
     import contextlib
 
@@ -135,6 +147,7 @@ def train(
         start = int(state["step"])
         log(f"resuming from {path} (step {start}/{cfg.max_steps})")
     if dist.is_main:
+        prune_checkpoints(out, cfg.keep_last)  # a run killed while pruning left a checkpoint half deleted
         if start == 0:  # a fresh start (or one killed before its first checkpoint) begins a fresh file
             (out / METRICS).unlink(missing_ok=True)
         # a run killed after its last checkpoint evaluates again below: drop the first evaluation of that step
@@ -156,8 +169,7 @@ def train(
             tensors, moments = raw.state_dict(), {k: v.cpu() for k, v in optimizer_tensors(optimizer, names).items()}
         if dist.is_main:
             save_checkpoint(out / CHECKPOINTS / f"step-{step}", tensors, config_json, {"step": step}, moments)
-            for _, old in checkpoint_dirs(out)[:-cfg.keep_last] if cfg.keep_last > 0 else []:
-                shutil.rmtree(old, ignore_errors=True)
+            prune_checkpoints(out, cfg.keep_last)
         if dist.ddp:
             torch.distributed.barrier()
 
