@@ -15,7 +15,7 @@ Cases (sizes at --scale 1; the text is real prose: paragraphs of ../shared/data/
   docs-50      100 MB of documents of 50 MB each (2, then 4) in a JSONL file -> ingest, dedup, filter
   doc-txt      one document of 50 MB as a .txt file -> ingest (text_split=file)
   line         a 10 MB line among 2,000 short ones, .txt, text_split=line -> ingest
-  lines        20 MB of 10 MB lines (2, then 4) among short ones, .txt, text_split=line -> ingest
+  lines        40 MB of 10 MB lines (4, then 8) among short ones, .txt, text_split=line -> ingest
 The cases named in the singular double one record (memory follows the largest record: about 10
 bytes per byte of text in ingest, more in dedup and filter); the plural ones double the number of
 records of the issue's size, which is what must stay flat.
@@ -191,7 +191,7 @@ CASES = {
                     [("ingest", GIANT), ("dedup", []), ("filter", [])]),
     "doc-txt": Case("one document as a .txt file", "MB", 50, doc_txt, [("ingest", GIANT)]),
     "line": Case("one long line among 2,000, text_split=line", "MB", 10, long_line, [("ingest", GIANT + ["--text-split", "line"])]),
-    "lines": Case("lines of 10 MB among short ones, .txt, text_split=line", "MB", 20, long_lines,
+    "lines": Case("lines of 10 MB among short ones, .txt, text_split=line", "MB", 40, long_lines,
                   [("ingest", GIANT + ["--text-split", "line"])]),
     "tiny": Case("JSONL of tiny records (~40 B)", "records", 1_000_000, tiny_records, [("ingest", [])]),
     "corpus": Case("short documents (~300 B), JSONL files of 100k", "documents", 1_000_000, short_docs, [("ingest", []), ("dedup", [])]),

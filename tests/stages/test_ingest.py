@@ -7,6 +7,7 @@ import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import os
 import pytest
 import zstandard
 
@@ -94,3 +95,32 @@ def test_stripped_length_is_the_length_of_the_stripped_text(text):
     from stages.ingest import _stripped_length
 
     assert _stripped_length(text) == len(text.strip())
+
+
+@pytest.mark.parametrize("split", ["line", "blank_line"])
+def test_plain_text_lines_and_blocks_are_read_as_a_stream(tmp_path, split):
+    """A record is handed on before the rest of the file is read (memory holds a record, not the file): through a
+    named pipe, the first record arrives while the writer still holds the pipe open."""
+    import threading
+
+    from llmpipe.readers.text import iter_plain_text
+    from llmpipe.stats import TaskStats
+
+    fifo = tmp_path / "stream.v2.txt"
+    os.mkfifo(fifo)
+    first_seen, closed = threading.Event(), threading.Event()
+
+    def writer():
+        with open(fifo, "w") as f:
+            f.write("first record\n\n")
+            f.flush()
+            first_seen.wait(timeout=10)
+            f.write("second record\n")
+        closed.set()
+
+    threading.Thread(target=writer, daemon=True).start()
+    records = iter_plain_text(str(fifo), split, TaskStats())
+    assert next(records) == (1, "first record")
+    assert not closed.is_set()
+    first_seen.set()
+    assert list(records) == [(3, "second record")]
