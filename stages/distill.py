@@ -13,7 +13,7 @@ The output is pretrain's: a checkpoint transformers loads, metrics.jsonl (kd_kl 
 loss.png; the manifest holds the student's val_loss and val_bpb beside the teacher's (teacher_val_loss,
 teacher_val_bpb, measured on the same validation batches). `tokenizer` defaults to the teacher's.
 
-    llmpipe distill --input runs/pretrain/tokens --teacher runs/pretrain/model --output runs/student --n-layer 2 --n-embd 64
+    llmpipe distill --input runs/pretrain/tokens --teacher runs/pretrain/model --output runs/student --n-layer 2 --n-embd 64 --max-steps 50
     [steps.student]
     stage = "distill"
     inputs = ["tokens"]
