@@ -14,6 +14,7 @@ for chat); decode_stream() turns those ids into text pieces as they come, for `l
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Collection, Iterable, Iterator, Sequence
@@ -52,6 +53,9 @@ def check_checkpoint(checkpoint: str | Path, command: str = "generate", hint: st
     manifest = read_manifest(path)  # refuses an incomplete checkpoint with the usual message
     if not (path / "model.safetensors").is_file():
         raise InputError(f"{command}: {path} is a {manifest.get('output_kind', 'llmpipe')} artifact, not a checkpoint; {hint}")
+    config = path / "config.json"
+    if config.is_file() and json.loads(config.read_text()).get("num_labels"):  # a sequence scorer: no lm_head to generate with
+        raise InputError(f"{command}: {path} is a reward model (it scores text, it does not write any); {hint}")
 
 
 def load_for_generation(checkpoint: str | Path, tokenizer: str | Path | None = None, complete: bool = True):

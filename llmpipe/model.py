@@ -47,6 +47,7 @@ class ModelConfig:
     bos_token_id: int = 1
     eos_token_id: int = 2
     pad_token_id: int = 3
+    num_labels: int = 0  # 0: a causal LM (lm_head); n: a sequence scorer with HF's `score` head of n outputs instead (a reward model: 1)
 
     def __post_init__(self):
         if self.n_embd % self.n_head or self.n_head % self.n_kv_head:
@@ -77,7 +78,8 @@ class ModelConfig:
             "attention_dropout": 0.0, "initializer_range": 0.02, "use_cache": True,
             "bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_id, "pad_token_id": self.pad_token_id,
             "llmpipe": asdict(self),
-        }
+        } | ({"architectures": ["LlamaForSequenceClassification"], "num_labels": self.num_labels, "tie_word_embeddings": False}
+             if self.num_labels else {})  # a scorer has no lm_head to tie
 
     @classmethod
     def from_hf(cls, config: dict) -> "ModelConfig":
@@ -287,9 +289,12 @@ class Model(nn.Module):
         super().__init__()
         self.config = cfg
         self.model = Decoder(cfg)
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        if cfg.tie_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+        if cfg.num_labels:  # HF's LlamaForSequenceClassification: the decoder and `score`, no lm_head
+            self.score = nn.Linear(cfg.n_embd, cfg.num_labels, bias=False)
+        else:
+            self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+            if cfg.tie_embeddings:
+                self.lm_head.weight = self.model.embed_tokens.weight
         cos, sin = rope_cache(cfg.max_seq_len, cfg.head_dim, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)  # [max_seq_len, D/2]
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -339,7 +344,7 @@ class Model(nn.Module):
             else:
                 x = block(x, rope, cache[i] if cache is not None else None, mask)
         x = self.model.norm(x)
-        logits = self.lm_head(x)  # [B, T, V]
+        logits = self.score(x) if self.config.num_labels else self.lm_head(x)  # [B, T, V] (a scorer's: [B, T, num_labels])
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)

@@ -12,6 +12,8 @@ STAGES = {
     "pretrain": "stages.pretrain",
     "sft": "stages.sft",
     "dpo": "stages.dpo",
+    "distill": "stages.distill",
+    "reward_model": "stages.reward_model",
     "evaluate": "stages.evaluate",
     "quantize": "stages.quantize",
     "report": "stages.report",

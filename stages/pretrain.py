@@ -135,6 +135,20 @@ def _check_tokens(p: Params, path: str, manifest: dict) -> None:
 
 
 def train_task(ctx, task: dict) -> dict:
+    return train_on_tokens(ctx, ctx.params, next_token_loss, "pretrain")
+
+
+def next_token_loss(cfg, dist, eval_fn):
+    """pretrain's objective: the mean next-token cross-entropy, and no figures of its own for the manifest."""
+    return (lambda m, batch: m(batch[0], batch[1])[1]), {}
+
+
+def train_on_tokens(ctx, p: Params, objective, name: str) -> dict:
+    """Train the model `p` describes on the input token shards to p.max_steps and write the checkpoint; the task's record.
+
+    objective(cfg, dist, eval_fn) -> (loss_fn, metrics) brings the loss (next_token_loss, or distill's) and figures
+    measured before training (eval_fn: the validation measure the student gets, or None without a val split).
+    """
     import torch
 
     from llmpipe.artifacts.manifest import read_manifest
@@ -148,7 +162,6 @@ def train_task(ctx, task: dict) -> dict:
     from llmpipe.train.loop import LoopConfig, loss_png, peak_flops, train
     from llmpipe.train.optim import lr_at, make_optimizer
 
-    p: Params = ctx.params
     tokens = Path(ctx.inputs[0].path)
     manifest = read_manifest(tokens)
     try:
@@ -173,9 +186,6 @@ def train_task(ctx, task: dict) -> dict:
             for k in range(accum):
                 yield x[k * p.micro_batch:(k + 1) * p.micro_batch], y[k * p.micro_batch:(k + 1) * p.micro_batch]
 
-        def loss_fn(m, batch):
-            return m(batch[0], batch[1])[1]
-
         eval_fn = None  # no validation split: train loss only
         if "val" in manifest.get("splits", {}) and manifest["splits"]["val"]["tokens"] > p.seq_len * p.micro_batch * dist.world_size:
             val = PackedBatches(split_shards(tokens, "val"), seq_len=p.seq_len, batch_size=p.micro_batch, seed=0,
@@ -193,6 +203,7 @@ def train_task(ctx, task: dict) -> dict:
                     metrics["val_bpb"] = out["bits_per_byte"]
                 return metrics
 
+        loss_fn, measured = objective(cfg, dist, eval_fn)
         optimizer = make_optimizer(model, p.lr, p.weight_decay, device=dist.device)
         loop = LoopConfig(
             max_steps=p.max_steps, grad_clip=p.grad_clip, eval_every=p.eval_every, checkpoint_every=p.checkpoint_every,
@@ -206,10 +217,10 @@ def train_task(ctx, task: dict) -> dict:
         state = model_state(model)  # every rank: under FSDP the shards are gathered to rank 0
         if dist.is_main:
             write_model_dir(ctx.out, state, hf_config, p.tokenizer)
-            loss_png(ctx.out / "loss.png", ctx.out / "metrics.jsonl", f"pretrain: {cfg.n_layer} layers, d {cfg.n_embd}, {model.num_params() / 1e6:.2f}M params")
+            loss_png(ctx.out / "loss.png", ctx.out / "metrics.jsonl", f"{name}: {cfg.n_layer} layers, d {cfg.n_embd}, {model.num_params() / 1e6:.2f}M params")
         final = evals[-1] if evals else {}
         return {"counts": {"steps": p.max_steps, "tokens": p.max_steps * p.batch_tokens, "parameters": model.num_params()},
-                "metrics": {k: round(v, 5) for k, v in final.items() if k != "step"}, "world_size": dist.world_size}
+                "metrics": {k: round(v, 5) for k, v in {**measured, **final}.items() if k != "step"}, "world_size": dist.world_size}
     finally:
         shutdown_distributed()
 

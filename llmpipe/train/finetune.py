@@ -7,6 +7,7 @@ loss, and trains on the one loop (llmpipe/train/loop.py).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,6 +79,8 @@ def check_chat_checkpoint(path: str, made: bool = True) -> None:
     for name in ("model.safetensors", "config.json"):
         if not (p / name).is_file():
             raise ValueError(f"checkpoint: {path} has no {name}; give a pretrain output or a checkpoint directory transformers loads")
+    if json.loads((p / "config.json").read_text()).get("num_labels"):  # a sequence scorer has no lm_head
+        raise ValueError(f"checkpoint: {path} is a reward model (a sequence scorer), not a language model; give a pretrain, sft or dpo output")
     check_tokenizer(path)
     role_ids(load_tokenizer(path))
 
