@@ -171,6 +171,7 @@ def signatures_task(ctx, task: dict) -> dict:
                 doc, h = distinct_per_document(*line_hashes(texts, p.norm))
                 lines.append(np.stack([(doc + n).astype(np.uint64), h], axis=1))
             n += batch.num_rows
+            del batch, texts, words, normalized  # freed before the next batch is read: one batch's arrays at a time
     if p.line_dedup_max_docs:  # (document, line hash) pairs, split by hash so each lines task reads one slice
         pairs = np.concatenate(lines) if lines else np.zeros((0, 2), np.uint64)
         n_partitions = next(len(ph["tasks"]) for ph in ctx.run["phases"] if ph["name"] == "lines")

@@ -92,9 +92,13 @@ class DocumentWriter:
 
 
 def iter_batches(path: Path, columns: Sequence[str] | None = None, batch_size: int = 4096) -> Iterator[pa.RecordBatch]:
-    """Stream a Parquet part as record batches."""
+    """Stream a Parquet part as record batches, one row group at a time: a batch never spans row groups, so
+    memory follows the writer's row-group bound (ROW_GROUP_BYTES) however large the documents, where 4,096
+    rows of 50 MB pages read at once would hold them all."""
     pf = pq.ParquetFile(path)
-    yield from pf.iter_batches(batch_size=batch_size, columns=list(columns) if columns else None)
+    for group in range(pf.num_row_groups):
+        yield from pf.iter_batches(batch_size=batch_size, row_groups=[group], columns=list(columns) if columns else None)
+        pa.default_memory_pool().release_unused()  # else the allocator keeps the largest group's pages
 
 
 def read_table(paths: Sequence[Path], columns: Sequence[str] | None = None) -> pa.Table:
