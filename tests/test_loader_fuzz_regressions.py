@@ -198,3 +198,17 @@ def test_not_a_gguf_file(tmp_path, content, why):
     pytest.importorskip("gguf")
     (tmp_path / "m.gguf").write_bytes(content)
     assert _one_line_error(tmp_path, "inspect", "m.gguf") == f"error: m.gguf: not a GGUF file gguf 0.19.0 can read ({why})"
+
+
+def test_sentencepiece_model_with_a_piece_that_is_not_utf8(tokenizer_dir):
+    """sentencepiece loads it and encodes with it, then raised UnicodeDecodeError when a piece was read (render, decode)."""
+    from llmpipe.text.tokenizer import check_tokenizer, load_tokenizer
+
+    model = tokenizer_dir / "tokenizer.model"
+    raw = model.read_bytes()
+    at = raw.index(b"<|user|>") + 2
+    model.write_bytes(raw[:at] + b"\xa4" + raw[at + 1:])
+    assert _refusal(load_tokenizer, tokenizer_dir) == (
+        f"{model}: not a sentencepiece model; give the output of train-tokenizer (or a sentencepiece .model file)")
+    with pytest.raises(ValueError, match=r"^tokenizer: .*tokenizer.model is not a sentencepiece model; give the output of train-tokenizer"):
+        check_tokenizer(tokenizer_dir)

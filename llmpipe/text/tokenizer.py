@@ -51,7 +51,10 @@ class Tokenizer:
         self.path = Path(model_file)
         try:
             self.sp = spm.SentencePieceProcessor(model_file=str(model_file))
-        except (RuntimeError, OSError):  # sentencepiece's message is several lines of its C++ status
+            # every piece must be text: the chat template, GGUF and Hugging Face export read them, and sentencepiece
+            # loads a piece of invalid UTF-8 without a word, then raises on reading it
+            [self.sp.id_to_piece(i) for i in range(self.sp.get_piece_size())]
+        except (RuntimeError, OSError, ValueError):  # sentencepiece's RuntimeError is several lines of its C++ status
             from llmpipe.errors import InputError
 
             raise InputError(f"{model_file}: not a sentencepiece model; give the output of train-tokenizer (or a sentencepiece .model file)") from None
@@ -141,11 +144,11 @@ def check_tokenizer(path: str | Path) -> None:
         kind = json.loads((path / MANIFEST).read_text()).get("output_kind") if (path / MANIFEST).is_file() else None
         what = f"a {kind} artifact, not a tokenizer" if kind else f"a directory without {MODEL_FILE}"
         raise ValueError(f"tokenizer: {path} is {what}; {hint}")
-    import sentencepiece as spm
+    from llmpipe.errors import InputError
 
     try:
-        spm.SentencePieceProcessor(model_file=str(model_file(path)))
-    except (RuntimeError, OSError):
+        Tokenizer(model_file(path))
+    except InputError:
         raise ValueError(f"tokenizer: {model_file(path)} is not a sentencepiece model; {hint}") from None
 
 
