@@ -212,7 +212,7 @@ def status(pipeline_file, overrides):
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--rows", default=3, show_default=True, help="Rows to show.")
 def inspect(artifact, rows):
-    """Show an artifact's manifest, counts, stats and a few rows."""
+    """Show an artifact's manifest, counts, stats and a few rows, or a GGUF file's header, metadata and tensors."""
     from llmpipe.inspect import inspect_artifact
 
     inspect_artifact(artifact, rows)

@@ -1,4 +1,5 @@
-"""`llmpipe inspect`: an artifact's manifest, counts, stats and a few rows, readable in a terminal."""
+"""`llmpipe inspect`: an artifact's manifest, counts, stats and a few rows, readable in a terminal; or a GGUF file's
+header, metadata and tensors (llmpipe/gguf_inspect.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ from llmpipe.log import stdout as console
 def inspect_artifact(path: Path, rows: int = 3) -> None:
     if not Path(path).exists():
         raise InputError(f"{path}: no such file or directory; inspect takes an artifact directory, such as runs/pretrain/dedup")
+    if Path(path).is_file() and Path(path).suffix.lower() == ".gguf":
+        from llmpipe.gguf_inspect import show_gguf
+
+        return show_gguf(path)
     m = read_manifest(path)
     console.print(f"[bold]{path}[/]  stage={m['stage']} v{m['version']}  fingerprint={m['fingerprint']}  kind={m.get('output_kind')}")
     console.print(f"params: {json.dumps(m.get('params', {}), sort_keys=True)}")

@@ -15,7 +15,10 @@ Shapes: B batch, T time (new tokens), S cached + new positions, C n_embd, H head
 from __future__ import annotations
 
 import math
+import numbers
+import re
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -24,6 +27,7 @@ import torch.nn.functional as F
 from llmpipe import cpu_ops
 
 # name -> (n_layer, n_embd, n_head, n_kv_head); parameter counts at a 4k vocabulary, tied embeddings
+MAX_POSITIONS = 1 << 20  # the longest context a checkpoint may claim: its rope tables are made at load
 PRESETS = {
     "tiny": (4, 128, 4, 4),  # ~1.3M (0.5M of it the embedding)
     "small": (6, 384, 6, 2),  # ~10M: nanoGPT's baby-shakespeare size
@@ -50,12 +54,29 @@ class ModelConfig:
     num_labels: int = 0  # 0: a causal LM (lm_head); n: a sequence scorer with HF's `score` head of n outputs instead (a reward model: 1)
 
     def __post_init__(self):
+        self._check_types()
         if self.n_embd % self.n_head or self.n_head % self.n_kv_head:
             raise ValueError(f"n_embd ({self.n_embd}) must divide by n_head ({self.n_head}) and n_head by n_kv_head ({self.n_kv_head})")
         if (self.n_embd // self.n_head) % 2:
             raise ValueError(f"head_dim {self.n_embd // self.n_head} must be even for RoPE")
         if not self.intermediate_size:
             self.intermediate_size = 64 * math.ceil(8 * self.n_embd / 3 / 64)
+
+    def _check_types(self) -> None:
+        """ValueError in one line for a field a config file got wrong (a string, a negative size, a huge context)."""
+        for name, low in (("vocab_size", 1), ("n_layer", 1), ("n_embd", 2), ("n_head", 1), ("n_kv_head", 1),
+                          ("intermediate_size", 0), ("max_seq_len", 1), ("bos_token_id", -1), ("eos_token_id", -1), ("pad_token_id", -1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value < 1 << 31:
+                raise ValueError(f"{name}: expected an integer from {low} to 2**31 - 1, got {value!r}"[:200])
+        if self.max_seq_len > MAX_POSITIONS:  # the rope tables hold every position, and a config is not trusted
+            raise ValueError(f"max_seq_len: {self.max_seq_len} positions is more than llmpipe makes rope tables for ({MAX_POSITIONS})")
+        for name in ("rope_theta", "norm_eps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
+                raise ValueError(f"{name}: expected a positive number, got {value!r}"[:200])
+        if not isinstance(self.tie_embeddings, bool):
+            raise ValueError(f"tie_embeddings: expected true or false, got {self.tie_embeddings!r}"[:200])
 
     @property
     def head_dim(self) -> int:
@@ -83,6 +104,17 @@ class ModelConfig:
 
     @classmethod
     def from_hf(cls, config: dict) -> "ModelConfig":
+        """From a config.json (llmpipe's own fields when it has them, else a Llama's); ValueError in one line
+        naming what is missing or wrong."""
+        try:
+            return cls._from_hf(config)
+        except KeyError as e:
+            raise ValueError(f"no {e.args[0]!r} field") from None
+        except (AttributeError, TypeError):  # a list or string where an object belongs (rope_parameters, llmpipe)
+            raise ValueError("a field holds a value of the wrong kind (an object was expected)") from None
+
+    @classmethod
+    def _from_hf(cls, config: dict) -> "ModelConfig":
         if "llmpipe" in config:
             names = {f.name for f in fields(cls)}
             return cls(**{k: v for k, v in config["llmpipe"].items() if k in names})
@@ -306,20 +338,52 @@ class Model(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path, device: str = "cpu") -> "Model":
-        """The model of a checkpoint directory (llmpipe's, a quantized one, or a Llama checkpoint transformers wrote), weights loaded."""
+        """The model of a checkpoint directory (llmpipe's, a quantized one, or a Llama checkpoint transformers wrote), weights loaded.
+
+        InputError (one line naming the file) when config.json is not a model config or the weights do not fit it; the
+        check runs before any weight is allocated, so a config claiming a huge model cannot exhaust memory."""
         from llmpipe.artifacts.checkpoint import load_checkpoint
+        from llmpipe.errors import InputError
 
         tensors, config, _, _ = load_checkpoint(path, device=device)
-        model = cls(ModelConfig.from_hf(config)).to(device)
+        try:
+            cfg = ModelConfig.from_hf(config)
+            shapes = cls._shapes(cfg, config.get("quantization"), tensors)
+        except ValueError as e:
+            raise InputError(f"{Path(path) / 'config.json'}: not a model config llmpipe can load ({e}); re-run the step that wrote it") from None
+        missing = [k for k in shapes if k not in tensors and not (k == "lm_head.weight" and cfg.tie_embeddings)]  # tied: one matrix
+        unexpected = [k for k in tensors if k not in shapes]
+        wrong = [f"{k} {list(tensors[k].shape)}, config says {list(v)}" for k, v in shapes.items() if k in tensors and tensors[k].shape != v]
+        if missing or unexpected or wrong:
+            raise InputError(f"{path}: the weights do not fit the config (missing {missing[:3]}, unexpected {unexpected[:3]}, "
+                             f"wrong shape {wrong[:2]}); re-run the step that wrote it")
+        model = cls(cfg).to(device)
         if config.get("quantization"):  # a quantize stage output: its layers become QuantLinear (llmpipe/quant.py)
             from llmpipe.quant import swap_quantized_linears
 
             swap_quantized_linears(model, config["quantization"])
-        result = model.load_state_dict(tensors, strict=False)
-        missing = [k for k in result.missing_keys if not (k == "lm_head.weight" and model.config.tie_embeddings)]  # tied: one matrix
-        if missing or result.unexpected_keys:
-            raise ValueError(f"{path}: the weights do not fit the config (missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})")
+        model.load_state_dict(tensors, strict=False)
         return model
+
+    @classmethod
+    def _shapes(cls, cfg: ModelConfig, quantization, tensors: dict) -> dict[str, torch.Size]:
+        """Every weight's shape as the config makes it, from a model on the meta device (no memory); ValueError when the
+        config names more layers than the file holds (so a config's n_layer cannot make millions of modules)."""
+        layers = {int(m.group(1)) for k in tensors if (m := re.match(r"model\.layers\.(\d+)\.", k))}
+        if cfg.n_layer > len(layers):
+            raise ValueError(f"n_layer {cfg.n_layer}, but the weights hold {len(layers)} layer{'s' * (len(layers) != 1)}")
+        with torch.device("meta"):
+            skeleton = cls(cfg)
+            if quantization:
+                from llmpipe.quant import swap_quantized_linears
+
+                if not isinstance(quantization, dict) or not isinstance(quantization.get("modules"), list):
+                    raise ValueError("quantization: expected an object listing the quantized modules")
+                try:
+                    swap_quantized_linears(skeleton, quantization)
+                except (AttributeError, TypeError) as e:  # a module name the model does not have
+                    raise ValueError(f"quantization: {' '.join(str(e).split())[:120]}") from None
+        return {k: v.shape for k, v in skeleton.state_dict().items()}
 
     def _init_weights(self, module):
         if isinstance(module, (nn.Linear, nn.Embedding)):

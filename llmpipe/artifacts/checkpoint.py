@@ -12,6 +12,7 @@ from pathlib import Path
 
 from llmpipe.artifacts.layout import atomic_path
 from llmpipe.artifacts.verify import check_artifact
+from llmpipe.errors import InputError
 
 
 # the tokenizer files a model directory carries, so transformers' AutoTokenizer loads it beside the model
@@ -38,16 +39,43 @@ def save_checkpoint(path: Path, tensors: dict, config: dict, state: dict | None 
 
 
 def load_checkpoint(path: Path, device: str = "cpu") -> tuple[dict, dict, dict | None, dict | None]:
-    from safetensors.torch import load_file
-
+    """(tensors, config, training state, training state tensors); InputError naming the file that cannot be read."""
     path = Path(path)
     check_artifact(path)  # a complete checkpoint artifact (generate, chat, evaluate) is as its step wrote it
-    tensors = load_file(str(path / "model.safetensors"), device=device)
-    config = json.loads((path / "config.json").read_text())
-    state = json.loads((path / "training_state.json").read_text()) if (path / "training_state.json").exists() else None
+    tensors = load_tensors(path / "model.safetensors", device)
+    config = read_json_object(path / "config.json")
+    state = read_json_object(path / "training_state.json") if (path / "training_state.json").exists() else None
     st = path / "training_state.safetensors"
-    state_tensors = load_file(str(st), device=device) if st.exists() else None
+    state_tensors = load_tensors(st, device) if st.exists() else None
     return tensors, config, state, state_tensors
+
+
+def load_tensors(path: Path, device: str = "cpu") -> dict:
+    """safetensors' load_file; a file it cannot read (a damaged header, data past the end) is one InputError.
+
+    safetensors checks every offset against the file's size before it reads, so a header that claims a
+    huge tensor is refused, never allocated."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device=device)
+    except SafetensorError as e:
+        reason = " ".join(str(e).removeprefix("Error while deserializing header: ").split())[:160]
+        raise InputError(f"{path}: not a safetensors file llmpipe can read ({reason}); re-run the step that wrote it") from None
+    except (TypeError, ValueError) as e:  # a dtype torch lacks, a shape it refuses
+        raise InputError(f"{path}: its tensors cannot be loaded ({' '.join(str(e).split())[:160]}); re-run the step that wrote it") from None
+
+
+def read_json_object(path: Path) -> dict:
+    """A JSON object file of a checkpoint (config, training state); InputError when it is not one."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise InputError(f"{path}: not valid JSON ({' '.join(str(e).split())[:120]}); re-run the step that wrote it") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{path}: expected a JSON object, got a JSON {type(value).__name__}; re-run the step that wrote it")
+    return value
 
 
 def write_model_dir(out: Path, state_dict: dict, hf_config: dict, tokenizer: str | Path = "") -> None:

@@ -49,7 +49,15 @@ class Tokenizer:
         import sentencepiece as spm
 
         self.path = Path(model_file)
-        self.sp = spm.SentencePieceProcessor(model_file=str(model_file))
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=str(model_file))
+            # every piece must be text: the chat template, GGUF and Hugging Face export read them, and sentencepiece
+            # loads a piece of invalid UTF-8 without a word, then raises on reading it
+            [self.sp.id_to_piece(i) for i in range(self.sp.get_piece_size())]
+        except (RuntimeError, OSError, ValueError):  # sentencepiece's RuntimeError is several lines of its C++ status
+            from llmpipe.errors import InputError
+
+            raise InputError(f"{model_file}: not a sentencepiece model; give the output of train-tokenizer (or a sentencepiece .model file)") from None
         self.vocab_size = self.sp.get_piece_size()
         if special is None:  # a bare sentencepiece model: its own ids, -1 where it has none
             own = {"unk": self.sp.unk_id(), "bos": self.sp.bos_id(), "eos": self.sp.eos_id(), "pad": self.sp.pad_id()}
@@ -81,9 +89,30 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     """A train-tokenizer artifact directory, or a bare sentencepiece .model file (ids then come from the model)."""
     path = Path(path)
     if path.is_dir():
-        special = json.loads((path / SPECIAL_FILE).read_text()) if (path / SPECIAL_FILE).exists() else None
-        return Tokenizer(path / MODEL_FILE, {k: v["id"] for k, v in special.items()} if special else None)
+        tok = Tokenizer(path / MODEL_FILE)
+        if (path / SPECIAL_FILE).exists():
+            tok = Tokenizer(path / MODEL_FILE, read_special_tokens(path / SPECIAL_FILE, tok.vocab_size))
+        return tok
     return Tokenizer(path)
+
+
+def read_special_tokens(path: Path, vocab_size: int) -> dict[str, int]:
+    """{name: id} of a special_tokens.json ({"bos": {"id": 1, "token": "<s>"}, ...}); InputError when it is not one
+    or names an id outside the vocabulary (the chat template would look it up)."""
+    from llmpipe.errors import InputError
+
+    try:
+        special = json.loads(Path(path).read_text(encoding="utf-8"))
+    except ValueError:  # UnicodeDecodeError is one
+        special = None
+    ok = isinstance(special, dict) and all(isinstance(v, dict) and type(v.get("id")) is int for v in special.values())
+    if not ok:
+        raise InputError(f"{path}: not a special tokens file ({{\"bos\": {{\"id\": 1, \"token\": \"<s>\"}}, ...}}); re-run train-tokenizer")
+    ids = {k: v["id"] for k, v in special.items()}
+    outside = [f"{k}={i}" for k, i in ids.items() if not 0 <= i < vocab_size]
+    if outside:
+        raise InputError(f"{path}: {', '.join(outside[:3])[:120]} outside the vocabulary of {vocab_size}; re-run train-tokenizer")
+    return ids
 
 
 def model_file(path: str | Path) -> Path:
@@ -115,11 +144,11 @@ def check_tokenizer(path: str | Path) -> None:
         kind = json.loads((path / MANIFEST).read_text()).get("output_kind") if (path / MANIFEST).is_file() else None
         what = f"a {kind} artifact, not a tokenizer" if kind else f"a directory without {MODEL_FILE}"
         raise ValueError(f"tokenizer: {path} is {what}; {hint}")
-    import sentencepiece as spm
+    from llmpipe.errors import InputError
 
     try:
-        spm.SentencePieceProcessor(model_file=str(model_file(path)))
-    except (RuntimeError, OSError):
+        Tokenizer(model_file(path))
+    except InputError:
         raise ValueError(f"tokenizer: {model_file(path)} is not a sentencepiece model; {hint}") from None
 
 

@@ -227,6 +227,24 @@ def test_gguf_reads_back_with_tokenizer_chat_template_and_weights(quantized):
     assert abs(restored - w).max() <= abs(w).max() / 127 / 2 * 1.01, "Q8_0 is within half a step of 1/127 of the block max"
 
 
+def test_inspect_shows_a_gguf_file_header_metadata_and_tensors(quantized):
+    """`llmpipe inspect FILE.gguf` on a file the quantize stage wrote: header, metadata keys and the tensor table."""
+    pytest.importorskip("gguf", reason="GGUF export needs the gguf package")
+    from tests.conftest import run_cli
+
+    path = quantized["gguf"] / "model-Q4_0.gguf"
+    out = run_cli("inspect", str(path), cwd=quantized["gguf"], check=True).stdout.splitlines()
+    assert out[0] == f"{path}  GGUF v3  architecture=llama  tensors=20  file_type=MOSTLY_Q4_0  ({path.stat().st_size:,} bytes)"
+    assert out[1] == "metadata (26 keys):"
+    assert "  general.architecture = 'llama'" in out and "  llama.block_count = 2" in out
+    assert "  tokenizer.ggml.tokens = [1000 x STRING] '<unk>', '<s>', '</s>', ..." in out
+    assert """  tokenizer.chat_template = "{%- for message in messages -%}{%- if message['content'] is not string -%}{{- ra"...""" in out
+    table = out[out.index("tensors (20, 170,816 parameters):") + 1:]
+    assert len(table) == 20
+    assert table[0].split() == ["token_embd.weight", "Q8_0", "64", "x", "1000", "68,000", "bytes"]
+    assert table[2] == "  blk.0.ffn_down.weight     Q4_0   192 x 64              6,912 bytes"
+
+
 @pytest.mark.parametrize("kind", ["F32", "BF16", "Q8_0", "Q5_1"])
 def test_every_gguf_type_writes_and_reads_back(quantized, tmp_path, kind):
     gguf = pytest.importorskip("gguf", reason="GGUF export needs the gguf package")
