@@ -139,9 +139,9 @@ def _records(task: dict, params: Params, stats: TaskStats) -> Iterator[dict]:
     if kind == "html":
         from llmpipe.readers.warc import WebRecord
 
-        with readers.open_maybe_compressed(source) as f:
-            page = WebRecord(_stable_id(task, 0), "", None, "text/html", f.read(), "response")
-        yield from _page_documents([page], task, params, stats)
+        data = readers.read_decompressed(source, stats)
+        if data is not None:
+            yield from _page_documents([WebRecord(_stable_id(task, 0), "", None, "text/html", data, "response")], task, params, stats)
         return
     if kind == "jsonl":
         rows = readers.iter_jsonl(source, params.text_key, stats, params.encoding)
