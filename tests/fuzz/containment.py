@@ -48,7 +48,8 @@ def _hook(event: str, args: tuple) -> None:
         return
     if event == "open":
         path, mode, flags = args
-        if isinstance(path, (str, bytes, os.PathLike)) and ((mode and any(c in mode for c in "wax+")) or (flags or 0) & _WRITE_FLAGS):
+        writes = (mode and any(c in mode for c in "wax+")) or (flags or 0) & _WRITE_FLAGS
+        if writes and isinstance(path, (str, bytes, os.PathLike)) and os.fsdecode(path) != os.devnull:  # (dill opens it on import)
             raise Wrote(f"wrote {os.fsdecode(path)} (mode {mode!r})")
     elif event in WRITE_EVENTS:
         raise Wrote(f"{event} {args!r}")

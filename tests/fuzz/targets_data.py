@@ -307,7 +307,13 @@ def _pipeline_seeds(shared: Path, tmp: Path) -> list[bytes]:
     (home / "data" / "eval").mkdir(parents=True)
     (home / "data" / "crawl" / "example.warc.gz").write_bytes((shared / "warc" / "warcio" / "example.warc.gz").read_bytes())
     (home / "data" / "eval" / "hellaswag_val.jsonl").write_bytes(_lines_upto(open(shared / "eval" / "hellaswag_val.jsonl", "rb"), 3))
-    return [p.read_bytes() for p in sorted((REPO / "pipelines").glob("*.toml"))]
+    files = {p.stem: p.read_text() for p in sorted((REPO / "pipelines").glob("*.toml"))}
+    steps = {name: text[text.index("[steps."):] for name, text in files.items()}
+    # data -> gpu -> finetune as one file (the three read each other's outputs by path), so every step plans (on a CPU)
+    gpu = steps["gpu"].replace('"runs/data/tokens"', '"tokens"').replace('"runs/data/tokenizer"', '"tokenizer"')
+    chained = (files["data"] + gpu.replace('device = "cuda"', 'device = "cpu"')
+               + steps["finetune"].replace('"runs/pretrain/model"', '"model"').replace("[steps.evaluate]", '[steps.evaluate_chat]\nstage = "evaluate"'))
+    return [text.encode() for text in files.values()] + [chained.encode()]
 
 
 def _pipeline_status(path: Path) -> None:
