@@ -29,7 +29,6 @@ Records without their own id get a stable hash of input, path and line (or offse
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import json
 import os
@@ -40,6 +39,7 @@ from llmpipe.artifacts.documents import DocumentWriter
 from llmpipe.artifacts.layout import part_name
 from llmpipe.errors import DataError
 from llmpipe.inputs import EMBEDDED_PREFIX
+from llmpipe.readers.charset import codec_name
 from llmpipe.readers.embedded import CHAT_SOURCES
 from llmpipe.log import log
 from llmpipe.registry import Plan, Stage
@@ -78,7 +78,7 @@ class Params:
             raise ValueError(f"min_chars: {self.min_chars} is above max_chars={self.max_chars}")
         if self.encoding != "auto":
             try:
-                codecs.lookup(self.encoding)
+                codec_name(self.encoding)
             except LookupError:
                 raise ValueError(f'encoding: unknown codec "{self.encoding}"; give auto or a codec name such as utf-8, cp1252, latin-1') from None
 

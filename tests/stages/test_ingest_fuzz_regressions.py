@@ -3,9 +3,13 @@ with a one-line sample, and the good records beside it are kept."""
 
 from __future__ import annotations
 
+import pytest
+
 import llmpipe
+from llmpipe.errors import ConfigError
 from llmpipe.readers.text import iter_json_lines
 from llmpipe.stats import TaskStats
+from tests.test_resume import rows
 
 GOOD = b'{"text": "a good document"}\n'
 
@@ -88,3 +92,19 @@ def test_arc_gz_compressed_as_one_stream_is_counted_in_one_line(tmp_path):
     assert stats["samples"]["bad_warc"] == [
         "a.arc.gz: ERROR: non-chunked gzip file detected, gzip block continues beyond single record. This file is probably "
         "not a multi-member gzip but a single gzip file. To allow seek, a gzipped WARC/ARC must have each"]
+
+
+def test_page_whose_charset_names_a_python_only_codec_is_read_as_undeclared(tmp_path):
+    # <meta charset="undefined"> made bytes.decode("undefined") raise UnicodeError (not UnicodeDecodeError): a traceback
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.html").write_bytes(b'<html><meta charset="undefined"><body><p>' + b"Caf\xe9 ol\xe9, " * 20 + b"</p></body></html>")
+    m = llmpipe.run_stage("ingest", [str(tmp_path / "in")], tmp_path / "out")
+    assert m["counts"]["documents"] == 1 and m["stats"]["counts"]["decoded_cp1252"] == 1
+    assert rows(tmp_path / "out")[0]["text"].startswith("Café olé, Café olé,")
+
+
+def test_encoding_param_naming_a_python_only_codec_is_refused_in_one_line(tmp_path):
+    (tmp_path / "a.txt").write_text("text")
+    with pytest.raises(ConfigError) as e:
+        llmpipe.run_stage("ingest", [str(tmp_path / "a.txt")], tmp_path / "out", encoding="undefined")
+    assert str(e.value) == 'ingest encoding: unknown codec "undefined"; give auto or a codec name such as utf-8, cp1252, latin-1'
