@@ -78,3 +78,22 @@ def test_the_harness_fails_on_a_broken_reader(name, failure, tmp_path):
     with pytest.raises(pytest.fail.Exception, match=re.escape(failure)) as e:
         fuzz(name, 100, tmp_path, seconds_per_input=1)
     assert re.search(r"input saved as \['(crash|timeout)-[0-9a-f]{40}'\]", str(e.value)), str(e.value)
+
+
+def test_containment_fails_a_write_and_refuses_listing_outside(tmp_path):
+    """The pipeline-file target's guard: `llmpipe status` must write nothing, and may list only the test's folder."""
+    import glob
+
+    from tests.fuzz.containment import Listed, Wrote, contained
+
+    with contained(read_only_below=tmp_path):
+        with pytest.raises(Wrote):
+            open(tmp_path / "x", "w")
+        with pytest.raises(Wrote):
+            os.mkdir(tmp_path / "d")
+        with pytest.raises(Listed, match=r"^fuzz containment: os.scandir of /, outside the test's folder "):
+            list(os.walk("/"))
+        with pytest.raises(Listed):
+            glob.glob("/*/*.toml")
+        assert os.listdir(tmp_path) == [] and (REPO / "pyproject.toml").read_text()  # reading stays allowed
+    open(tmp_path / "x", "w").close()  # outside contained(): nothing is checked
