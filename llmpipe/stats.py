@@ -29,8 +29,8 @@ class TaskStats:
     def skip(self, reason: str, sample: str = "") -> None:
         self.skipped[reason] += 1
         kept = self.samples.setdefault(reason, [])
-        if sample and len(kept) < MAX_SAMPLES:
-            kept.append(sample[:300])
+        if sample and len(kept) < MAX_SAMPLES:  # one line each: `inspect` and error messages show them
+            kept.append(" ".join(sample.split())[:300])
 
     def to_json(self) -> dict:
         return {"counts": dict(self.counts), "dropped": dict(self.dropped), "skipped": dict(self.skipped), "samples": self.samples}

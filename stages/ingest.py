@@ -36,7 +36,6 @@ Records without their own id get a stable hash of input, path and line (or offse
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import json
 import os
@@ -48,6 +47,7 @@ from llmpipe.artifacts.layout import part_name
 from llmpipe.errors import DataError
 from llmpipe.file_groups import ALONE, SKIP, all_files, file_size, pack, task_files
 from llmpipe.inputs import EMBEDDED_PREFIX
+from llmpipe.readers.charset import codec_name
 from llmpipe.readers.embedded import CHAT_SOURCES
 from llmpipe.log import log
 from llmpipe.registry import Plan, Stage
@@ -92,7 +92,7 @@ class Params:
             raise ValueError(f"min_chars: {self.min_chars} is above max_chars={self.max_chars}")
         if self.encoding != "auto":
             try:
-                codecs.lookup(self.encoding)
+                codec_name(self.encoding)
             except LookupError:
                 raise ValueError(f'encoding: unknown codec "{self.encoding}"; give auto or a codec name such as utf-8, cp1252, latin-1') from None
 
@@ -176,9 +176,9 @@ def _records(task: dict, params: Params, stats: TaskStats) -> Iterator[dict]:
     if kind == "html":
         from llmpipe.readers.warc import WebRecord
 
-        with readers.open_maybe_compressed(source) as f:
-            page = WebRecord(_stable_id(task, 0), "", None, "text/html", f.read(), "response")
-        yield from _page_documents([page], task, params, stats)
+        data = readers.read_decompressed(source, stats)
+        if data is not None:
+            yield from _page_documents([WebRecord(_stable_id(task, 0), "", None, "text/html", data, "response")], task, params, stats)
         return
     if kind == "jsonl":
         rows = readers.iter_jsonl(source, params.text_key, stats, params.encoding)

@@ -21,10 +21,17 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _DETECT_BYTES = 65536
 
 
+# Python codecs no file is written in: "undefined" raises on any byte, the escape codecs read backslashes as escapes,
+# idna and punycode are for host names (a page's <meta charset> may name any of them)
+NOT_FILE_ENCODINGS = ("undefined", "unicode-escape", "raw-unicode-escape", "idna", "punycode")
+
+
 def codec_name(label: str) -> str:
-    """The canonical codec for a label ("latin-1" -> "cp1252"); LookupError when Python has none."""
-    name = codecs.lookup(label.strip()).name
-    return "cp1252" if name in ("latin-1", "iso8859-1", "ascii") else name
+    """The canonical codec for a label ("latin-1" -> "cp1252"); LookupError when Python has none that text files use."""
+    info = codecs.lookup(label.strip())
+    if info.name in NOT_FILE_ENCODINGS or not getattr(info, "_is_text_encoding", True):  # base64, rot13, zlib...
+        raise LookupError(f"{label.strip()} is not a text encoding")
+    return "cp1252" if info.name in ("latin-1", "iso8859-1", "ascii") else info.name
 
 
 def strip_bom(data: bytes) -> tuple[bytes, str | None]:

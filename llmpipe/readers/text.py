@@ -11,7 +11,10 @@ import gzip
 import io
 import json
 import os
+import zlib
 from typing import IO, Iterator
+
+import zstandard
 
 from llmpipe.readers.charset import codec_name, decode, legacy_codec, mostly_utf8, strip_bom
 from llmpipe.stats import TaskStats
@@ -25,6 +28,33 @@ def open_maybe_compressed(path: str) -> IO[bytes]:
 
         return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), read_across_frames=True))
     return open(path, "rb")
+
+
+# A compressed stream that ends early (EOFError, or gzip's OSError) or holds corrupt blocks (zlib's and zstd's own errors)
+COMPRESSION_ERRORS = (EOFError, OSError, zlib.error, zstandard.ZstdError)
+
+
+def skip_broken_stream(name: str, e: Exception, stats: TaskStats) -> None:
+    """Count a file whose compressed stream is cut (`truncated_file`) or corrupt (`corrupt_file`); what was read stays."""
+    stats.skip("corrupt_file" if isinstance(e, (zlib.error, zstandard.ZstdError)) else "truncated_file", f"{name}: {e}")
+
+
+def read_decompressed(path: str, stats: TaskStats) -> bytes | None:
+    """A whole file's bytes, decompressed; None, counted, when its compressed stream is cut or corrupt."""
+    try:
+        with open_maybe_compressed(path) as f:
+            return f.read()
+    except COMPRESSION_ERRORS as e:
+        skip_broken_stream(os.path.basename(path), e, stats)
+        return None
+
+
+def _json(line: str):
+    """The JSON value of a line; ValueError for a broken one, and for one nested too deep for Python's parser."""
+    try:
+        return json.loads(line)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def _decoded_lines(raw: IO[bytes], encoding: str) -> Iterator[tuple[int, str, str]]:
@@ -62,7 +92,7 @@ def iter_jsonl(path: str, text_key: str, stats: TaskStats, encoding: str = "auto
                 if not line.strip():
                     continue
                 try:
-                    obj = json.loads(line)
+                    obj = _json(line)
                 except ValueError:
                     stats.skip("bad_json", f"{name}:{lineno}")
                     continue
@@ -72,8 +102,8 @@ def iter_jsonl(path: str, text_key: str, stats: TaskStats, encoding: str = "auto
                     continue
                 stats.count(f"decoded_{enc}")
                 yield lineno, obj
-    except (EOFError, OSError) as e:  # truncated gzip/zstd: keep what was read
-        stats.skip("truncated_file", f"{name}: {e}")
+    except COMPRESSION_ERRORS as e:  # truncated or corrupt gzip/zstd: keep what was read
+        skip_broken_stream(name, e, stats)
 
 
 def iter_json_lines(path: str, stats: TaskStats, encoding: str = "auto") -> Iterator[tuple[int, object]]:
@@ -86,11 +116,13 @@ def iter_json_lines(path: str, stats: TaskStats, encoding: str = "auto") -> Iter
                 if not line.strip():
                     continue
                 try:
-                    yield lineno, json.loads(line)
+                    value = _json(line)
                 except ValueError:
                     stats.skip("bad_json", f"{name}:{lineno}")
-    except (EOFError, OSError) as e:
-        stats.skip("truncated_file", f"{name}: {e}")
+                    continue
+                yield lineno, value
+    except COMPRESSION_ERRORS as e:
+        skip_broken_stream(name, e, stats)
 
 
 def _no_text_reason(obj, text_key: str) -> str:
@@ -104,6 +136,7 @@ def _no_text_reason(obj, text_key: str) -> str:
 
 def iter_parquet(path: str, text_key: str, stats: TaskStats) -> Iterator[tuple[int, dict]]:
     """(row number, from 1, row) for each row holding a string under text_key."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     name = os.path.basename(path)
@@ -116,36 +149,44 @@ def iter_parquet(path: str, text_key: str, stats: TaskStats) -> Iterator[tuple[i
         stats.skip("no_text", f'{name}: no column "{text_key}", has {", ".join(pf.schema_arrow.names[:12])}')
         return
     row = 0
-    for batch in pf.iter_batches(batch_size=2048):
-        for obj in batch.to_pylist():
-            row += 1
-            if isinstance(obj.get(text_key), str):
-                yield row, obj
-            else:
-                stats.skip("no_text", f"{name}:{row}: {_no_text_reason(obj, text_key)}")
+    try:
+        for batch in pf.iter_batches(batch_size=2048):
+            for obj in batch.to_pylist():
+                row += 1
+                if isinstance(obj.get(text_key), str):
+                    yield row, obj
+                else:
+                    stats.skip("no_text", f"{name}:{row}: {_no_text_reason(obj, text_key)}")
+    except (OSError, pa.ArrowException) as e:  # a corrupt page or row group: keep the rows read before it
+        stats.skip("bad_parquet", f"{name}: after row {row}: {e}")
 
 
 def iter_plain_text(path: str, split: str, stats: TaskStats, encoding: str = "auto") -> Iterator[tuple[int, str]]:
     """(line number where it starts, text): the file as one document, or one per blank-line-separated
     block, or one per line. Blocks and lines are read as a stream: memory holds one record, not the file."""
     if split == "file":
-        with open_maybe_compressed(path) as f:
-            text, enc = decode(f.read(), encoding)
+        data = read_decompressed(path, stats)
+        if data is None:
+            return
+        text, enc = decode(data, encoding)
         if "\x00" in text:
             stats.skip("binary", os.path.basename(path))
             return
         stats.count(f"decoded_{enc}")
         yield 1, text
         return
-    with open_maybe_compressed(path) as raw:
-        if b"\x00" in raw.peek(1 << 16)[: 1 << 16] and strip_bom(raw.peek(4)[:4])[1] is None:
-            stats.skip("binary", os.path.basename(path))  # NUL bytes in a file without a UTF-16/32 mark: not text
-            return
-        lines = _decoded_lines(raw, encoding)
-        records = _lines(lines, stats) if split == "line" else _blocks(lines)
-        for n, record, enc in records:
-            stats.count(f"decoded_{enc}")
-            yield n, record
+    try:
+        with open_maybe_compressed(path) as raw:
+            if b"\x00" in raw.peek(1 << 16)[: 1 << 16] and strip_bom(raw.peek(4)[:4])[1] is None:
+                stats.skip("binary", os.path.basename(path))  # NUL bytes in a file without a UTF-16/32 mark: not text
+                return
+            lines = _decoded_lines(raw, encoding)
+            records = _lines(lines, stats) if split == "line" else _blocks(lines)
+            for n, record, enc in records:
+                stats.count(f"decoded_{enc}")
+                yield n, record
+    except COMPRESSION_ERRORS as e:  # truncated or corrupt gzip/zstd: the records read before it stay
+        skip_broken_stream(os.path.basename(path), e, stats)
 
 
 def _lines(lines: Iterator[tuple[int, str, str]], stats: TaskStats) -> Iterator[tuple[int, str, str]]:

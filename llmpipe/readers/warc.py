@@ -103,4 +103,4 @@ def _iter_warcio(path: str, stats: TaskStats) -> Iterator[WebRecord]:
                     int(status) if status and str(status).isdigit() else None, offset,
                 )
     except (ArchiveLoadFailed, OSError, ValueError, EOFError) as e:
-        stats.skip("bad_warc", f"{name}: {str(e)[:120]}")
+        stats.skip("bad_warc", f"{name}: {' '.join(str(e).split())[:200]}")  # warcio's messages span lines

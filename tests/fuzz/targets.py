@@ -26,15 +26,17 @@ class Target:
 
 
 TARGETS: dict[str, Target] = {}
+BROKEN: dict[str, Target] = {}  # deliberately broken readers, for the harness's self-test only (tests/fuzz/broken.py)
 
 
-def target(t: Target) -> Target:
-    assert t.name not in TARGETS, t.name
-    TARGETS[t.name] = t
+def target(t: Target, registry: dict[str, Target] = TARGETS) -> Target:
+    assert t.name not in registry, t.name
+    registry[t.name] = t
     return t
 
 
-def load_all() -> dict[str, Target]:
-    from tests.fuzz import targets_data, targets_model  # noqa: F401  (they register themselves)
+def load_all(broken: bool = False) -> dict[str, Target]:
+    """Every reader's target; with broken=True also the harness's broken ones (never part of the fuzz tests' list)."""
+    from tests.fuzz import broken as _, targets_data, targets_model  # noqa: F401  (they register themselves)
 
-    return TARGETS
+    return {**TARGETS, **BROKEN} if broken else TARGETS

@@ -24,7 +24,7 @@ def main() -> None:
         from tests.fuzz.outcome import ONE_LINE_ERRORS, check_refusal
         from tests.fuzz.targets import load_all
 
-        target = load_all()[name]
+        target = load_all(broken=True)[name]
         path = scratch / f"input{target.suffix}"
         first = sorted(Path(corpus).iterdir())[0].read_bytes()
         _write(path, first, target.wrap)
