@@ -49,6 +49,7 @@ class Params(FineTuneParams):
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling of the completions (1: off)."})
     beta: float = field(default=0.04, metadata={"help": "Weight of the per-token KL to the reference (k3 estimator); 0: no reference model."})
     epsilon: float = field(default=0.2, metadata={"help": "Clipping range of the probability ratio (PPO's epsilon)."})
+    kl_bias_correction: bool = field(default=False, metadata={"help": "Multiply the KL term by the ratio (DeepSeek-V3.2; TRL 1.16's use_bias_correction_kl); off: the GRPO paper's k3 term."})
     num_iterations: int = field(default=1, metadata={"help": "Optimizer steps on each sampled batch (the paper's mu); above 1 the ratio departs from 1 and clipping acts."})
     scale_rewards: Literal["group", "batch", "none"] = field(default="group", metadata={"help": "Divide advantages by the std of the group, of the batch, or not at all (Dr. GRPO)."})
     loss_type: Literal["grpo", "bnpo", "dr_grpo"] = field(default="grpo", metadata={"help": "grpo: per-completion token mean, then mean; bnpo: mean over all tokens; dr_grpo: sum / (completions x max_new_tokens)."})
@@ -94,7 +95,19 @@ def plan(params: Params, inputs) -> Plan:
         problem = describe_problem(spec)
         if problem:
             raise ValueError(problem)
+    if spec == "exact_match":  # before anything is written: a prompt without an answer cannot be scored
+        from llmpipe.stats import TaskStats
+
+        files = [f for inp in inputs for f in inp.files]
+        missing = next((x for x in read_prompts(files, params.format, TaskStats()) if x.answer is None), None)
+        if missing is not None:
+            raise ValueError(no_answer(missing.key))
     return Plan(phases=[("train", [{}])], files=out + ["reward.png"])
+
+
+def no_answer(key: str) -> str:
+    return (f"reward: exact_match needs an answer to compare with, and {key} has none; "
+            'give rows with "answer" (or a reply), or a reward that needs none (regex:<pattern>, a reward model)')
 
 
 # --- prompts -----------------------------------------------------------------------------------
@@ -150,8 +163,7 @@ def load_examples(files: list[str], p: Params, tokenizer, max_len: int, stats) -
     if p.reward == "exact_match":
         missing = next((x for x in prompts if x.answer is None), None)
         if missing is not None:
-            raise InputError(f"grpo reward: exact_match needs an answer to compare with, and {missing.key} has none; "
-                             'give rows with "answer" (or a reply), or a reward that needs none (regex:<pattern>, a reward model)')
+            raise InputError(f"grpo {no_answer(missing.key)}")
     room = max_len - p.max_new_tokens
     for x in prompts:
         x.ids = render(x.messages, tokenizer, add_generation_prompt=True)[0][-room:]
@@ -304,7 +316,8 @@ def train_task(ctx, task: dict) -> dict:
         def loss_fn(m, batch: Rollout):
             logps, mask = completion_logps(m, batch.rows, pad, dist.device)
             loss, metrics = grpo_loss(logps, batch.old_logps, batch.ref_logps, batch.advantages, mask, beta=p.beta,
-                                      epsilon=p.epsilon, loss_type=p.loss_type, max_new_tokens=p.max_new_tokens)
+                                      epsilon=p.epsilon, loss_type=p.loss_type, max_new_tokens=p.max_new_tokens,
+                                      kl_bias_correction=p.kl_bias_correction)
             return loss, {**batch.metrics, **metrics}
 
         eval_fn = None

@@ -46,10 +46,12 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: str 
 
 def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor | None, ref_logps: torch.Tensor | None, advantages: torch.Tensor,
               mask: torch.Tensor, beta: float = 0.04, epsilon: float = 0.2, loss_type: str = "grpo",
-              max_new_tokens: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+              max_new_tokens: int = 0, kl_bias_correction: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(loss, metrics) of completions' per-token log-probs logps [N, T] under the policy (with grad), at sampling
     time old_logps [N, T] (None: logps detached, one pass per batch), under the reference ref_logps [N, T] (None:
-    beta = 0), advantages [N], mask [N, T] (1 on completion tokens). metrics: kl (mean per token), clip_ratio."""
+    beta = 0), advantages [N], mask [N, T] (1 on completion tokens). metrics: kl (mean per token), clip_ratio.
+    kl_bias_correction: multiply the KL term by the ratio (DeepSeek-V3.2; TRL 1.16's default use_bias_correction_kl),
+    which makes its gradient the unbiased reverse-KL gradient even at ratio 1; off, the paper's GRPO."""
     mask = mask.to(logps.dtype)
     old = logps.detach() if old_logps is None else old_logps
     ratio = torch.exp(logps - old)
@@ -62,8 +64,10 @@ def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor | None, ref_logps: to
             raise ValueError("grpo_loss: beta > 0 needs the reference log-probs")
         delta = ref_logps - logps
         kl = torch.exp(delta) - delta - 1
+        if kl_bias_correction:
+            kl = kl * ratio
         per_token = per_token + beta * kl
-        metrics["kl"] = ((kl * mask).sum() / tokens).detach()
+        metrics["kl"] = ((kl * mask).sum() / tokens).detach()  # as TRL logs it: the term the loss holds
     clipped = ((ratio < 1 - epsilon) & (adv < 0)) | ((ratio > 1 + epsilon) & (adv > 0))
     metrics["clip_ratio"] = ((clipped * mask).sum() / tokens).detach()
     if loss_type == "grpo":
