@@ -202,3 +202,23 @@ def test_one_line_errors(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2] and all({"reward", "reward_std", "completion_length", "kl", "clip_ratio"} <= r.keys() for r in records)
     assert "accuracy" not in records[0], "no answers: no exact-match accuracy"
+
+
+def test_reward_model_reward_scores_the_rendered_reply(tmp_path):
+    from llmpipe.artifacts.checkpoint import write_model_dir
+    from llmpipe.text.chat_template import render
+    from llmpipe.text.tokenizer import load_tokenizer
+    from llmpipe.train.reward import reward_model_from, sequence_rewards
+
+    ck = _tiny_chat_checkpoint(tmp_path)
+    torch.manual_seed(1)
+    rm = reward_model_from(ck).eval()
+    write_model_dir(tmp_path / "rm", rm.state_dict(), rm.config.to_hf(), str(ck))
+    assert describe_problem(str(tmp_path / "rm")) is None and "not a reward model" in describe_problem(str(ck))
+    prompts = [[{"role": "user", "content": "What is 2 plus 3?"}]] * 2
+    scores = make_reward(str(tmp_path / "rm"))(prompts, ["It is 5.", "It is 7."], [None, None])
+    tok = load_tokenizer(ck)
+    with torch.no_grad():
+        expected = [sequence_rewards(rm, torch.tensor([ids]), torch.tensor([len(ids)])).item()
+                    for ids in (render(prompts[0] + [{"role": "assistant", "content": c}], tok)[0] for c in ("It is 5.", "It is 7."))]
+    assert scores == pytest.approx(expected, abs=1e-5) and scores[0] != scores[1]
