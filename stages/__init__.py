@@ -14,6 +14,7 @@ STAGES = {
     "dpo": "stages.dpo",
     "distill": "stages.distill",
     "reward_model": "stages.reward_model",
+    "grpo": "stages.grpo",
     "evaluate": "stages.evaluate",
     "quantize": "stages.quantize",
     "report": "stages.report",

@@ -39,6 +39,13 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tenso
     in float32). Memory: besides the logits, at most one [B, T, V] float tensor exists at a time (the
     temporary of logsumexp, or the float32 copy of half-precision logits, which is scored row by row).
     """
+    token_logps, target_mask = per_token_logps(logits, labels, mask)
+    return (token_logps * target_mask).sum(-1), target_mask.sum(-1)
+
+
+def per_token_logps(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """sequence_logps before the sum, for losses that weigh each token (GRPO): the log-prob of every label
+    labels[:, 1:] ([B, T - 1]; any value where the mask is 0, so multiply by it) and that mask [B, T - 1] (bool)."""
     if logits.dim() != 3 or labels.shape != logits.shape[:2] or mask.shape != labels.shape:
         raise ValueError(f"sequence_logps: expected logits [B, T, V] with labels and mask [B, T], got {tuple(logits.shape)}, {tuple(labels.shape)}, {tuple(mask.shape)}")
     target_mask = mask[:, 1:].bool()
@@ -51,8 +58,7 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tenso
         token_logps = torch.stack([_token_logps(row.float(), tgt) for row, tgt in zip(predicting, targets)])
     else:
         token_logps = _token_logps(predicting, targets)
-    summed = (token_logps * target_mask).sum(-1)
-    return summed, target_mask.sum(-1)
+    return token_logps, target_mask
 
 
 def _token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
