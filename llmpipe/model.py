@@ -174,14 +174,18 @@ class ModelConfig:
         options = {"sliding_window": window}
         if window and "full_attention" in layer_types:  # Ministral: a global layer every n-th
             options["global_every"] = layer_types.index("full_attention") + 1
+        context = config.get("max_position_embeddings", 2048)
         if scaling in ("linear", "dynamic", "yarn"):
             options |= {"rope_scaling": scaling, "rope_factor": rope["factor"], "rope_original_max_seq_len": rope.get("original_max_position_embeddings", 0)}
+        if scaling == "dynamic":  # transformers' max_position_embeddings is where dynamic NTK starts: the context trained at
+            options |= {"rope_original_max_seq_len": context}
+            context = round(context * rope["factor"])
         if config.get("model_type") == "arcee":
             options["mlp"] = "gelu"
         return cls(**options,
             vocab_size=config["vocab_size"], n_layer=config["num_hidden_layers"], n_embd=config["hidden_size"],
             n_head=config["num_attention_heads"], n_kv_head=config.get("num_key_value_heads") or config["num_attention_heads"],
-            intermediate_size=config["intermediate_size"], max_seq_len=config.get("max_position_embeddings", 2048),
+            intermediate_size=config["intermediate_size"], max_seq_len=context,
             rope_theta=rope.get("rope_theta", config.get("rope_theta", 10000.0)), norm_eps=config.get("rms_norm_eps", 1e-6),
             tie_embeddings=config.get("tie_word_embeddings", False),
         )
