@@ -318,3 +318,37 @@ def test_alibi_extrapolates_to_twice_the_training_length_better_than_rope(shared
     assert alibi[1] - alibi[0] < rope[1] - rope[0]  # smaller degradation at 2L
     assert alibi[1] - alibi[0] < 0.01 and alibi[2] - alibi[0] < 0.01  # none to speak of, even at 4L
     assert rope[2] - rope[0] > 0.1  # while RoPE's grows with the length
+
+
+# ---------------------------------------------------------------- through the pretrain stage
+
+from tests.stages.test_pretrain import TINY, tokens  # noqa: E402, F401  (the tiny shakespeare token artifact fixture)
+
+
+def test_pretrain_trains_options_end_to_end_and_says_when_transformers_cannot_load_them(tokens, tmp_path):  # noqa: F811
+    """Multi-query attention with a sliding window trains and exports as Mistral with transformers' logits; an ALiBi
+    model trains, generates its samples and loads in llmpipe, and the run says in one line why transformers cannot."""
+    transformers = pytest.importorskip("transformers")
+    import llmpipe
+    from tests.conftest import run_cli
+
+    small = {**TINY, "max_steps": 4, "eval_every": 0, "checkpoint_every": 0, "device": "cpu"}
+    out = tmp_path / "mqa"
+    llmpipe.run_stage("pretrain", [str(tokens / "tokens")], out, tokenizer=str(tokens / "tokenizer"),
+                      **{**small, "n_kv_head": 1, "sliding_window": 16})
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(hf).__name__ == "MistralForCausalLM" and hf.config.num_key_value_heads == 1
+    ids = torch.tensor([list(range(5, 69))])  # seq_len 64: four windows of 16
+    with torch.no_grad():
+        assert (Model.from_checkpoint(out).eval()(ids)[0] - hf(ids).logits).abs().max().item() < 1e-4
+
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in small.items()]
+    done = run_cli("pretrain", "--input", str(tokens / "tokens"), "--tokenizer", str(tokens / "tokenizer"), "--output", str(tmp_path / "alibi"),
+                   "--positions", "alibi", *flags, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    notes = [line for line in done.stderr.splitlines() if "not in transformers" in line]
+    assert len(notes) == 1 and "ALiBi: no Hugging Face Llama-family architecture" in notes[0]
+    from llmpipe.artifacts.manifest import read_manifest
+
+    assert read_manifest(tmp_path / "alibi")["samples"]["greedy"]  # generated with the KV cache and ALiBi's biases
+    assert Model.from_checkpoint(tmp_path / "alibi").config.positions == "alibi"
