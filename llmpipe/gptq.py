@@ -110,9 +110,9 @@ def gptq_model(model, batches: list[torch.Tensor], names: list[str], bits: int, 
         linear.weight.copy_(((q.view(q.shape[0], s.shape[1], -1) - z[..., None]) * s[..., None]).view_as(q))
         result[name] = (q, s, z)
 
-    T = batches[0].shape[1]
-    rope = (model.rope_cos[:T], model.rope_sin[:T])
-    hidden = [model.model.embed_tokens(x) for x in batches]
+    position = model.positions(batches[0], 0)  # the model's positions and masks: its options (ALiBi, windows) hold here too
+    rope, masks = model.rope(position, 0), model.attention_masks(batches[0], 0)
+    hidden = [model.embed(x, position) for x in batches]
     for i, block in enumerate(model.model.layers):
         for projections, source, side in STAGES_OF_A_BLOCK:
             wanted = [f"model.layers.{i}.{p}" for p in projections if f"model.layers.{i}.{p}" in targets]
@@ -124,12 +124,12 @@ def gptq_model(model, batches: list[torch.Tensor], names: list[str], bits: int, 
                     else module.register_forward_pre_hook(lambda m, inp: acc.add(inp[0])))
             try:
                 for h in hidden:
-                    block(h, rope)
+                    block(h, rope, None, masks[i])
             finally:
                 hook.remove()
             for name in wanted:
                 quantize(name, acc.value)
-        hidden = [block(h, rope) for h in hidden]
+        hidden = [block(h, rope, None, masks[i]) for h in hidden]
         if log:
             log(f"gptq: block {i + 1}/{len(model.model.layers)} quantized")
     if "lm_head" in targets:

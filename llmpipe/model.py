@@ -1,5 +1,11 @@
 """The model: a Llama-style decoder (RMSNorm, RoPE, SwiGLU, GQA) in one file, in nanoGPT's order.
 
+Options from the literature switch parts of it (ModelConfig, defaults: the Llama above): positions by ALiBi or
+learned absolute embeddings instead of RoPE, RoPE scaled for a longer context (linear, dynamic NTK, YaRN),
+sliding-window attention (optionally alternating with global layers), attention and final logit soft-capping,
+a GELU MLP instead of SwiGLU. `to_hf()` names the transformers architecture computing the same logits (Llama,
+Mistral, Ministral, Arcee) or, for a combination none computes, says why in `export_blocker()`.
+
 Parameters carry the Hugging Face Llama names (model.embed_tokens, model.layers.N.self_attn.q_proj,
 ..., model.norm, lm_head) and RoPE uses HF's rotate-half layout, so `state_dict()` saved with
 safetensors beside `config.to_hf()` is a checkpoint `transformers.AutoModelForCausalLM` loads as it
@@ -17,7 +23,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -34,6 +40,10 @@ PRESETS = {
     "124m": (12, 768, 12, 12),  # GPT-2 small's shape
     "350m": (24, 1024, 16, 8),  # GPT-2 medium's shape
 }
+
+POSITIONS = ("rope", "alibi", "learned")
+ROPE_SCALINGS = ("none", "linear", "dynamic", "yarn")
+MLPS = ("swiglu", "gelu")
 
 
 @dataclass
@@ -52,15 +62,32 @@ class ModelConfig:
     eos_token_id: int = 2
     pad_token_id: int = 3
     num_labels: int = 0  # 0: a causal LM (lm_head); n: a sequence scorer with HF's `score` head of n outputs instead (a reward model: 1)
+    # options; the defaults are the Llama model
+    positions: str = "rope"  # rope; alibi (Press et al. 2022: a per-head penalty linear in distance, no position weights); learned (GPT-2's absolute embeddings)
+    rope_scaling: str = "none"  # RoPE stretched to rope_factor x the trained context: linear (position interpolation), dynamic (NTK), yarn
+    rope_factor: float = 1.0
+    rope_original_max_seq_len: int = 0  # dynamic, yarn: the context trained at (0: max_seq_len / rope_factor)
+    sliding_window: int = 0  # each position attends to itself and the sliding_window - 1 before it (Mistral); 0: to all before it
+    global_every: int = 0  # with sliding_window: every n-th layer (n, 2n, ...) attends to all positions (Gemma 2: 2); 0: none
+    attn_softcap: float = 0.0  # attention scores become cap * tanh(score / cap) (Gemma 2: 50); 0: off
+    final_softcap: float = 0.0  # the same on the output logits (Gemma 2: 30)
+    mlp: str = "swiglu"  # swiglu (Llama), or gelu: down(gelu(up(x))), GPT-2's two-matrix MLP
 
     def __post_init__(self):
         self._check_types()
         if self.n_embd % self.n_head or self.n_head % self.n_kv_head:
             raise ValueError(f"n_embd ({self.n_embd}) must divide by n_head ({self.n_head}) and n_head by n_kv_head ({self.n_kv_head})")
-        if (self.n_embd // self.n_head) % 2:
+        if self.positions not in POSITIONS or self.rope_scaling not in ROPE_SCALINGS or self.mlp not in MLPS:
+            raise ValueError(f"positions, rope_scaling, mlp: expected one of {POSITIONS}, {ROPE_SCALINGS}, {MLPS}; got "
+                             f"{self.positions!r}, {self.rope_scaling!r}, {self.mlp!r}")
+        if self.positions == "rope" and (self.n_embd // self.n_head) % 2:
             raise ValueError(f"head_dim {self.n_embd // self.n_head} must be even for RoPE")
+        if self.rope_scaling != "none" and (self.positions != "rope" or self.rope_factor <= 1):
+            raise ValueError(f"rope_scaling {self.rope_scaling}: needs positions rope and rope_factor > 1 (got {self.positions}, {self.rope_factor})")
+        if min(self.sliding_window, self.global_every, self.attn_softcap, self.final_softcap) < 0 or (self.global_every and not self.sliding_window):
+            raise ValueError("sliding_window, global_every, attn_softcap, final_softcap: expected >= 0, and global_every only with a sliding_window")
         if not self.intermediate_size:
-            self.intermediate_size = 64 * math.ceil(8 * self.n_embd / 3 / 64)
+            self.intermediate_size = 4 * self.n_embd if self.mlp == "gelu" else 64 * math.ceil(8 * self.n_embd / 3 / 64)
 
     def _check_types(self) -> None:
         """ValueError in one line for a field a config file got wrong (a string, a negative size, a huge context)."""
@@ -71,10 +98,17 @@ class ModelConfig:
                 raise ValueError(f"{name}: expected an integer from {low} to 2**31 - 1, got {value!r}"[:200])
         if self.max_seq_len > MAX_POSITIONS:  # the rope tables hold every position, and a config is not trusted
             raise ValueError(f"max_seq_len: {self.max_seq_len} positions is more than llmpipe makes rope tables for ({MAX_POSITIONS})")
-        for name in ("rope_theta", "norm_eps"):
+        for name in ("sliding_window", "global_every", "rope_original_max_seq_len"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
-                raise ValueError(f"{name}: expected a positive number, got {value!r}"[:200])
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value < 1 << 31:
+                raise ValueError(f"{name}: expected an integer from 0 to 2**31 - 1, got {value!r}"[:200])
+        for name, low in (("rope_theta", 0), ("norm_eps", 0), ("rope_factor", 0), ("attn_softcap", -1), ("final_softcap", -1)):
+            value = getattr(self, name)  # softcaps: 0 means off
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low < value < math.inf:
+                raise ValueError(f"{name}: expected a {'positive' if low == 0 else 'non-negative'} number, got {value!r}"[:200])
+        for name in ("positions", "rope_scaling", "mlp"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name}: expected a string, got {getattr(self, name)!r}"[:200])
         if not isinstance(self.tie_embeddings, bool):
             raise ValueError(f"tie_embeddings: expected true or false, got {self.tie_embeddings!r}"[:200])
 
@@ -87,19 +121,73 @@ class ModelConfig:
         n_layer, n_embd, n_head, n_kv_head = PRESETS[name]
         return cls(**{"n_layer": n_layer, "n_embd": n_embd, "n_head": n_head, "n_kv_head": n_kv_head, **overrides})
 
+    @property
+    def original_max_seq_len(self) -> int:
+        return self.rope_original_max_seq_len or round(self.max_seq_len / self.rope_factor)
+
+    def sliding(self, layer: int) -> bool:
+        """Whether layer `layer` (from 0) attends within the sliding window (Gemma 2 with global_every 2: layers 0, 2, ...)."""
+        return self.sliding_window > 0 and not (self.global_every and (layer + 1) % self.global_every == 0)
+
+    @property
+    def fusable(self) -> bool:
+        """Whether the blocks can run as `cpu_ops.block` (RoPE, causal attention without a mask or a cap, SwiGLU)."""
+        return self.positions == "rope" and not self.sliding_window and not self.attn_softcap and self.mlp == "swiglu"
+
+    def export_blocker(self) -> str:
+        """Why no transformers architecture computes this model's logits, in one line ('' when one does)."""
+        if self.positions == "alibi":
+            return "ALiBi: no Hugging Face Llama-family architecture has ALiBi biases (Bloom and MPT do, with LayerNorm, biases and other MLPs)"
+        if self.positions == "learned":
+            return "learned absolute positions: no Hugging Face Llama-family architecture has them (GPT-2 does, with LayerNorm and biases)"
+        if self.attn_softcap or self.final_softcap:
+            return ("logit soft-capping: transformers has it only in Gemma 2-family models, whose blocks differ from this model's "
+                    "(norms after attention and MLP, (1 + w) gains, scaled embeddings, GeGLU)")
+        if self.mlp == "gelu" and self.sliding_window:
+            return "a GELU MLP with sliding-window attention: transformers' Llama with a two-matrix MLP (Arcee) has no sliding window"
+        return ""
+
+    def hf_architecture(self) -> tuple[str, str, dict]:
+        """(class prefix, model_type, config keys beyond Llama's) of the transformers model computing these logits."""
+        if self.mlp == "gelu":  # Arcee: Llama with down(act(up(x)))
+            return "Arcee", "arcee", {"hidden_act": "gelu"}
+        if self.sliding_window and self.global_every:  # Ministral: Mistral with a window per layer type
+            types = ["sliding_attention" if self.sliding(i) else "full_attention" for i in range(self.n_layer)]
+            return "Ministral", "ministral", {"sliding_window": self.sliding_window, "layer_types": types}
+        if self.sliding_window:
+            return "Mistral", "mistral", {"sliding_window": self.sliding_window}
+        return "Llama", "llama", {}
+
+    def rope_parameters(self) -> dict:
+        """transformers' rope_parameters: the scaling type and what its init function reads (modeling_rope_utils)."""
+        rope = {"rope_type": "default" if self.rope_scaling == "none" else self.rope_scaling, "rope_theta": self.rope_theta}
+        if self.rope_scaling != "none":
+            rope["factor"] = self.rope_factor
+        if self.rope_scaling == "yarn":
+            rope["original_max_position_embeddings"] = self.original_max_seq_len
+        return rope
+
     def to_hf(self) -> dict:
-        """A config.json that transformers reads as a LlamaConfig."""
+        """A config.json transformers reads as the architecture computing these logits (a LlamaConfig for the
+        default model); for a combination none computes, model_type "llmpipe", which transformers refuses, and
+        the reason under "llmpipe_export_blocker". llmpipe reads either back from the "llmpipe" entry."""
+        prefix, model_type, extra = self.hf_architecture()
+        blocker = self.export_blocker()
+        if blocker:
+            prefix, model_type, extra = "Llmpipe", "llmpipe", {"llmpipe_export_blocker": blocker}
+        # dynamic NTK scales from transformers' max_position_embeddings on: the context trained at
+        context = self.original_max_seq_len if self.rope_scaling == "dynamic" else self.max_seq_len
         return {
-            "architectures": ["LlamaForCausalLM"], "model_type": "llama", "torch_dtype": "float32", "dtype": "float32",
+            "architectures": [f"{prefix}ForCausalLM"], "model_type": model_type, "torch_dtype": "float32", "dtype": "float32",
             "vocab_size": self.vocab_size, "hidden_size": self.n_embd, "intermediate_size": self.intermediate_size,
             "num_hidden_layers": self.n_layer, "num_attention_heads": self.n_head, "num_key_value_heads": self.n_kv_head,
-            "head_dim": self.head_dim, "max_position_embeddings": self.max_seq_len, "rms_norm_eps": self.norm_eps,
-            "rope_theta": self.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
+            "head_dim": self.head_dim, "max_position_embeddings": context, "rms_norm_eps": self.norm_eps,
+            "rope_theta": self.rope_theta, "rope_parameters": self.rope_parameters(),
             "tie_word_embeddings": self.tie_embeddings, "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
             "attention_dropout": 0.0, "initializer_range": 0.02, "use_cache": True,
             "bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_id, "pad_token_id": self.pad_token_id,
-            "llmpipe": asdict(self),
-        } | ({"architectures": ["LlamaForSequenceClassification"], "num_labels": self.num_labels, "tie_word_embeddings": False}
+            **extra, "llmpipe": asdict(self),
+        } | ({"architectures": [f"{prefix}ForSequenceClassification"], "num_labels": self.num_labels, "tie_word_embeddings": False}
              if self.num_labels else {})  # a scorer has no lm_head to tie
 
     @classmethod
@@ -118,11 +206,25 @@ class ModelConfig:
         if "llmpipe" in config:
             names = {f.name for f in fields(cls)}
             return cls(**{k: v for k, v in config["llmpipe"].items() if k in names})
-        rope = config.get("rope_parameters") or {}
-        return cls(
+        rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+        scaling = rope.get("rope_type", rope.get("type", "default"))
+        layer_types = config.get("layer_types") or []
+        window = config.get("sliding_window") or 0 if config.get("model_type") in ("mistral", "ministral") else 0
+        options = {"sliding_window": window}
+        if window and "full_attention" in layer_types:  # Ministral: a global layer every n-th
+            options["global_every"] = layer_types.index("full_attention") + 1
+        context = config.get("max_position_embeddings", 2048)
+        if scaling in ("linear", "dynamic", "yarn"):
+            options |= {"rope_scaling": scaling, "rope_factor": rope["factor"], "rope_original_max_seq_len": rope.get("original_max_position_embeddings", 0)}
+        if scaling == "dynamic":  # transformers' max_position_embeddings is where dynamic NTK starts: the context trained at
+            options |= {"rope_original_max_seq_len": context}
+            context = round(context * rope["factor"])
+        if config.get("model_type") == "arcee":
+            options["mlp"] = "gelu"
+        return cls(**options,
             vocab_size=config["vocab_size"], n_layer=config["num_hidden_layers"], n_embd=config["hidden_size"],
             n_head=config["num_attention_heads"], n_kv_head=config.get("num_key_value_heads") or config["num_attention_heads"],
-            intermediate_size=config["intermediate_size"], max_seq_len=config.get("max_position_embeddings", 2048),
+            intermediate_size=config["intermediate_size"], max_seq_len=context,
             rope_theta=rope.get("rope_theta", config.get("rope_theta", 10000.0)), norm_eps=config.get("rms_norm_eps", 1e-6),
             tie_embeddings=config.get("tie_word_embeddings", False),
         )
@@ -170,11 +272,48 @@ class RMSNorm(nn.Module):
 # --- rotary position embedding, HF's rotate-half layout (pairs are (i, i + D/2), not (2i, 2i+1)) ----------
 
 
-def rope_cache(seq_len: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin of shape [seq_len, D/2] (HF repeats them to [seq_len, D]; the halves are equal)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))  # [D/2]
+def rope_cache(seq_len: int, head_dim: int, theta: float, inv_freq=None, attention_factor: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of shape [seq_len, D/2] (HF repeats them to [seq_len, D]; the halves are equal); inv_freq [D/2] and
+    attention_factor (a scale of cos and sin) from `scaled_rope` for a scaled RoPE."""
+    if inv_freq is None:
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))  # [D/2]
     freqs = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)  # [T, D/2]
+    if attention_factor != 1.0:
+        return freqs.cos() * attention_factor, freqs.sin() * attention_factor
     return freqs.cos(), freqs.sin()
+
+
+def scaled_rope(cfg: ModelConfig, seq_len: int) -> tuple[torch.Tensor, float]:
+    """inv_freq [D/2] and attention factor of cfg.rope_scaling, as transformers' rope init functions compute them
+    (modeling_rope_utils), so an export gives transformers' logits. seq_len: the positions a dynamic call covers."""
+    D, base, factor, original = cfg.head_dim, cfg.rope_theta, cfg.rope_factor, cfg.original_max_seq_len
+    exponents = torch.arange(0, D, 2, dtype=torch.int64).float() / D
+    if cfg.rope_scaling == "linear":  # position interpolation (Chen et al. 2023): positions divided by the factor
+        return 1.0 / (base ** exponents) / factor, 1.0
+    if cfg.rope_scaling == "dynamic":  # NTK-aware: a larger base once the sequence outgrows the trained context
+        base = base * ((factor * max(seq_len, original) / original) - (factor - 1)) ** (D / (D - 2))
+        return 1.0 / (base ** exponents), 1.0
+    # YaRN (Peng et al. 2023): dimensions that turn fewer than beta_slow = 1 times over the trained context are
+    # interpolated, more than beta_fast = 32 times kept, a linear ramp between; attention scaled by 0.1 ln(factor) + 1
+    def dimension(rotations):
+        return D * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = max(math.floor(dimension(32)), 0), min(math.ceil(dimension(1)), D - 1)
+    ramp = ((torch.arange(D // 2, dtype=torch.float32) - low) / (high - low if high > low else 0.001)).clamp(0, 1)
+    kept = 1 - ramp
+    pos_freqs = base ** exponents
+    inv_freq = 1.0 / (factor * pos_freqs) * (1 - kept) + 1.0 / pos_freqs * kept
+    return inv_freq, 0.1 * math.log(factor) + 1.0
+
+
+def alibi_slopes(n_head: int) -> torch.Tensor:
+    """ALiBi's head slopes (Press et al. 2022): 2^(-8/n * i) for i = 1..n when n is a power of 2; otherwise the
+    slopes of the power of 2 below n, then every other slope of twice that many (the paper's code)."""
+    def geometric(n):
+        return [2 ** (-8 / n * i) for i in range(1, n + 1)]
+
+    below = 2 ** math.floor(math.log2(n_head))
+    return torch.tensor(geometric(below) + geometric(2 * below)[0::2][:n_head - below])
 
 
 def apply_rope(x, cos, sin):
@@ -213,15 +352,19 @@ class KVCache:
         self.k, self.v = self.k.index_select(0, rows), self.v.index_select(0, rows)
 
 
-def attend(q, k, v, cache: KVCache | None, mask, gqa: bool):
+def attend(q, k, v, cache: KVCache | None, mask, gqa: bool, softcap: float = 0.0):
     """Causal attention of q [B, H, T, D] over the cached and new k, v [B, K, T, D] -> [B, H, T, D]; `cache` holds the
-    earlier positions and is extended in place; `mask` [B, 1, T, S] for a left-padded batch."""
+    earlier positions and is extended in place; `mask` [B or 1, 1 or H, T, S] from `Model.attention_masks` (a left-padded
+    batch, a sliding window, ALiBi's biases; always given with softcap) replaces plain causal attention."""
     T = q.shape[2]
     past = 0
     if cache is not None:
         past = cache.length
         k, v = cache.extend(k, v)
+    if softcap:
+        return capped_attention(q, k, v, mask, softcap)
     if mask is not None:
+        mask = mask.to(q.dtype) if mask.is_floating_point() else mask  # ALiBi's float biases in bf16 under autocast
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
     if past == 0:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
@@ -229,6 +372,17 @@ def attend(q, k, v, cache: KVCache | None, mask, gqa: bool):
         return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
     causal = torch.ones(T, past + T, dtype=torch.bool, device=q.device).tril(diagonal=past)  # several new tokens after a cache
     return F.scaled_dot_product_attention(q, k, v, attn_mask=causal, enable_gqa=gqa)
+
+
+def capped_attention(q, k, v, mask, cap: float):
+    """Attention with scores soft-capped to (-cap, cap) before the mask and softmax, as Gemma 2's eager attention
+    computes it: SDPA has no hook between the scores and the softmax."""
+    if k.shape[1] != q.shape[1]:
+        k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
+    scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    scores = torch.tanh(scores / cap) * cap
+    scores = scores + mask if mask.is_floating_point() else scores.masked_fill(~mask, float("-inf"))
+    return torch.matmul(F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype), v)
 
 
 def linear(module: nn.Module, x):
@@ -240,6 +394,7 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        self.softcap = cfg.attn_softcap
         self.q_proj = nn.Linear(cfg.n_embd, cfg.n_head * cfg.head_dim, bias=False)
         self.k_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * cfg.head_dim, bias=False)
         self.v_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * cfg.head_dim, bias=False)
@@ -255,24 +410,31 @@ class Attention(nn.Module):
         else:
             qkv = torch.cat((self.q_proj(x), self.k_proj(x), self.v_proj(x)), dim=-1)
         q, k, v = qkv.view(B, T, H + 2 * K, self.head_dim).split([H, K, K], dim=2)
-        cos, sin = cos.unsqueeze(-2).to(qkv.dtype), sin.unsqueeze(-2).to(qkv.dtype)  # [(B,) T, 1, D/2]; bf16 under autocast, as HF
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cos is not None:  # RoPE (ALiBi and learned positions rotate nothing)
+            cos, sin = cos.unsqueeze(-2).to(qkv.dtype), sin.unsqueeze(-2).to(qkv.dtype)  # [(B,) T, 1, D/2]; bf16 under autocast, as HF
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D], [B, K, T, D], [B, K, T, D]
-        y = attend(q, k, v, cache, mask, self.n_kv_head != self.n_head)
+        y = attend(q, k, v, cache, mask, self.n_kv_head != self.n_head, self.softcap)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # [B, T, C]
         return self.o_proj(y)
 
 
 class MLP(nn.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x))."""
+    """SwiGLU: down(silu(gate(x)) * up(x)); with mlp "gelu", GPT-2's down(gelu(up(x))) (no gate_proj; Arcee's names)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.n_embd, cfg.intermediate_size, bias=False)
+        if cfg.mlp == "swiglu":
+            self.gate_proj = nn.Linear(cfg.n_embd, cfg.intermediate_size, bias=False)
         self.up_proj = nn.Linear(cfg.n_embd, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.n_embd, bias=False)
 
+    def projections(self) -> tuple[nn.Module, ...]:
+        return (self.gate_proj, self.up_proj, self.down_proj) if hasattr(self, "gate_proj") else (self.up_proj, self.down_proj)
+
     def forward(self, x):
+        if not hasattr(self, "gate_proj"):
+            return self.down_proj(F.gelu(self.up_proj(x)))
         if x.shape[1] > 1 and plain_linears(self.gate_proj, self.up_proj):
             # one matmul for gate and up: fewer, larger GEMMs (the weights stay two HF-named parameters); not for one
             # token (a cached decoding step), where concatenating the weights costs more than it saves
@@ -291,12 +453,13 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def projections(self) -> tuple[nn.Module, ...]:
-        a, m = self.self_attn, self.mlp
-        return a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj
+        a = self.self_attn
+        return a.q_proj, a.k_proj, a.v_proj, a.o_proj, *self.mlp.projections()
 
     def forward(self, x, rope, cache=None, mask=None):
-        """rope: `cpu_ops.rope_freqs` (a tensor) to run as `cpu_ops.block`, else (cos, sin) [T, D/2]; the caller
-        chooses (`Model.forward`: `fused_block` and plain projections in every block)."""
+        """rope: `cpu_ops.rope_freqs` (a tensor) to run as `cpu_ops.block`, else (cos, sin) [T, D/2] ((None, None)
+        without RoPE); the caller chooses (`Model.forward`: `fused_block`, `ModelConfig.fusable` and plain projections
+        in every block). mask: this layer's from `Model.attention_masks`."""
         if isinstance(rope, torch.Tensor):
             a, m = self.self_attn, self.mlp
             return cpu_ops.block(x, self.input_layernorm.weight, a.q_proj.weight, a.k_proj.weight, a.v_proj.weight, a.o_proj.weight,
@@ -312,6 +475,8 @@ class Decoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        if cfg.positions == "learned":  # GPT-2's wpe
+            self.embed_positions = nn.Embedding(cfg.max_seq_len, cfg.n_embd)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
 
@@ -327,9 +492,7 @@ class Model(nn.Module):
             self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
             if cfg.tie_embeddings:
                 self.lm_head.weight = self.model.embed_tokens.weight
-        cos, sin = rope_cache(cfg.max_seq_len, cfg.head_dim, cfg.rope_theta)
-        self.register_buffer("rope_cos", cos, persistent=False)  # [max_seq_len, D/2]
-        self.register_buffer("rope_sin", sin, persistent=False)
+        self._rope_buffers()
         self.activation_checkpointing = False
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2's scaled init of the projections into the residual stream
@@ -389,26 +552,52 @@ class Model(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
+    def _rope_buffers(self) -> None:
+        """RoPE's cos, sin [max_seq_len, D/2] (scaled as cfg.rope_scaling says); empty without RoPE."""
+        cfg = self.config
+        if cfg.positions != "rope":
+            cos = sin = torch.empty(0)
+        elif cfg.rope_scaling in ("linear", "yarn"):
+            cos, sin = rope_cache(cfg.max_seq_len, cfg.head_dim, cfg.rope_theta, *scaled_rope(cfg, cfg.max_seq_len))
+        else:  # dynamic NTK: the plain frequencies up to the trained context (positions() recomputes past it)
+            cos, sin = rope_cache(cfg.max_seq_len, cfg.head_dim, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)  # [max_seq_len, D/2]
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def set_max_seq_len(self, max_seq_len: int) -> None:
+        """Accept sequences up to max_seq_len (evaluating past the trained length): RoPE and ALiBi positions extend;
+        learned absolute positions have no embedding past the table they were trained with."""
+        if self.config.positions == "learned" and max_seq_len > self.config.max_seq_len:
+            raise ValueError(f"learned absolute positions end at {self.config.max_seq_len} (the trained table); RoPE and ALiBi models "
+                             f"extend to {max_seq_len}, this one cannot")
+        device = self.model.embed_tokens.weight.device
+        self.config = replace(self.config, max_seq_len=max_seq_len)
+        self._rope_buffers()
+        self.rope_cos, self.rope_sin = self.rope_cos.to(device), self.rope_sin.to(device)
+
     def forward(self, idx, targets=None, cache: list | None = None, left_pad=None):
         """idx [B, T] -> logits [B, T, V] (and the mean loss over targets != -1); cache: `new_cache()`, filled in place.
 
         left_pad [B]: pad tokens at the start of each row (a batch of prompts of different lengths, llmpipe/decoding.py):
         no position attends to them, and each row counts positions from its first real token."""
-        B, T = idx.shape
+        cfg = self.config
         past = cache[0].length if cache else 0
-        cos, sin, mask = self.positions(idx, past, left_pad)
-        fused = mask is None and fused_block(idx, cache) and all(plain_linears(*block.projections()) for block in self.model.layers)
-        rope = cpu_ops.rope_freqs(cos, sin, self.config.n_head + self.config.n_kv_head) if fused else (cos, sin)
-        x = self.model.embed_tokens(idx)  # [B, T, C]
+        position = self.positions(idx, past, left_pad)
+        cos, sin = self.rope(position, past)
+        masks = self.attention_masks(idx, past, left_pad)
+        fused = (cfg.fusable and masks[0] is None and fused_block(idx, cache)
+                 and all(plain_linears(*block.projections()) for block in self.model.layers))
+        rope = cpu_ops.rope_freqs(cos, sin, cfg.n_head + cfg.n_kv_head) if fused else (cos, sin)
+        x = self.embed(idx, position)  # [B, T, C]
         for i, block in enumerate(self.model.layers):
             if self.activation_checkpointing and self.training and cache is None:
                 from torch.utils.checkpoint import checkpoint
 
-                x = checkpoint(block, x, rope, use_reentrant=False)
+                x = checkpoint(block, x, rope, None, masks[i], use_reentrant=False)
             else:
-                x = block(x, rope, cache[i] if cache is not None else None, mask)
+                x = block(x, rope, cache[i] if cache is not None else None, masks[i])
         x = self.model.norm(x)
-        logits = self.score(x) if self.config.num_labels else self.lm_head(x)  # [B, T, V] (a scorer's: [B, T, num_labels])
+        logits = self.score(x) if cfg.num_labels else self.cap(self.lm_head(x))  # [B, T, V] (a scorer's: [B, T, num_labels])
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
@@ -418,20 +607,64 @@ class Model(nn.Module):
         """An empty KV cache: one KVCache per layer, for forward(cache=...) and decode()."""
         return [KVCache() for _ in self.model.layers]
 
+    def embed(self, idx, position):
+        """The token embeddings [B, T, C], plus the learned position embeddings with positions "learned"."""
+        x = self.model.embed_tokens(idx)
+        return x + self.model.embed_positions(position) if self.config.positions == "learned" else x
+
+    def cap(self, logits):
+        """The final logits soft-capped to (-final_softcap, final_softcap) (Gemma 2), or as they are."""
+        cap = self.config.final_softcap
+        return torch.tanh(logits / cap) * cap if cap else logits
+
     def positions(self, idx, past: int, left_pad=None):
-        """RoPE's cos, sin for idx [B, T] after `past` cached positions ([T, D/2], or [B, T, D/2] when left_pad [B] says
-        how many pads open each row), and the attention mask [B, 1, T, S] of a left-padded batch (None without pads)."""
+        """Position ids of idx [B, T] after `past` cached positions: [T], or [B, T] counted from each row's first real
+        token when left_pad [B] says how many pads open each row."""
         T = idx.shape[1]
         if past + T > self.config.max_seq_len:
             raise ValueError(f"sequence of {past + T} tokens is longer than max_seq_len {self.config.max_seq_len}")
-        if left_pad is None:
-            return self.rope_cos[past:past + T].to(idx.device), self.rope_sin[past:past + T].to(idx.device), None
+        position = torch.arange(past, past + T, device=idx.device)  # [T]
+        return position if left_pad is None else (position[None] - left_pad[:, None]).clamp(min=0)  # [B, T]
+
+    def rope(self, position, past: int):
+        """RoPE's cos, sin at `position` ([T, D/2], or [B, T, D/2]); (None, None) without RoPE."""
+        cfg = self.config
+        if cfg.positions != "rope":
+            return None, None
+        seen = int(position.max()) + 1 if cfg.rope_scaling == "dynamic" else 0
+        if seen > cfg.original_max_seq_len:  # dynamic NTK past the trained context: frequencies for this length (as HF)
+            cos, sin = (t.to(position.device) for t in rope_cache(seen, cfg.head_dim, cfg.rope_theta, *scaled_rope(cfg, seen)))
+            return cos[position], sin[position]
+        if position.dim() == 1:  # a slice: no gather
+            T = position.shape[0]
+            return self.rope_cos[past:past + T].to(position.device), self.rope_sin[past:past + T].to(position.device)
+        return self.rope_cos.to(position.device)[position], self.rope_sin.to(position.device)[position]
+
+    def attention_masks(self, idx, past: int, left_pad=None) -> list:
+        """Each layer's attention mask for idx [B, T] after `past` cached positions: [B or 1, 1, T, S] bool (True:
+        attend), or with ALiBi [B or 1, H, T, S] float (the bias, -inf where not attending); None for every layer when
+        attention is plain causal (SDPA's is_causal: the default model's path)."""
+        cfg = self.config
+        T = idx.shape[1]
+        if left_pad is None and not (cfg.sliding_window or cfg.positions == "alibi" or cfg.attn_softcap):
+            return [None] * cfg.n_layer
         query = torch.arange(past, past + T, device=idx.device)  # [T]
-        position = (query[None] - left_pad[:, None]).clamp(min=0)  # [B, T]
         key = torch.arange(past + T, device=idx.device)  # [S]
-        # causal, minus the pads; a pad query sees itself, so no row of the softmax is empty (NaN)
-        mask = (key <= query[:, None]) & ((key >= left_pad[:, None, None]) | (key == query[:, None]))  # [B, T, S]
-        return self.rope_cos.to(idx.device)[position], self.rope_sin.to(idx.device)[position], mask[:, None]
+        distance = query[:, None] - key  # [T, S]
+        allowed = distance >= 0
+        if left_pad is not None:  # minus the pads; a pad query sees itself, so no row of the softmax is empty (NaN)
+            allowed = allowed & ((key >= left_pad[:, None, None]) | (distance == 0))  # [B, T, S]
+        allowed = allowed.view(-1, 1, T, past + T)
+
+        def mask(sliding: bool):
+            m = allowed & (distance < cfg.sliding_window) if sliding else allowed
+            if cfg.positions != "alibi":
+                return m
+            bias = -alibi_slopes(cfg.n_head).to(idx.device)[:, None, None] * distance  # [H, T, S]: the paper's m * -(i - j)
+            return bias.masked_fill(~m, float("-inf"))  # [B or 1, H, T, S]
+
+        kinds = {sliding: mask(sliding) for sliding in {cfg.sliding(i) for i in range(cfg.n_layer)}}
+        return [kinds[cfg.sliding(i)] for i in range(cfg.n_layer)]
 
     @torch.inference_mode()
     def decode(self, idx, cache: list[KVCache], left_pad=None):
@@ -443,16 +676,22 @@ class Model(nn.Module):
         cfg = self.config
         B, T = idx.shape
         H, K, D = cfg.n_head, cfg.n_kv_head, cfg.head_dim
-        cos, sin, mask = self.positions(idx, cache[0].length, left_pad)
+        past = cache[0].length
+        position = self.positions(idx, past, left_pad)
+        cos, sin = self.rope(position, past)
+        masks = self.attention_masks(idx, past, left_pad)
         x = F.embedding(idx, self.model.embed_tokens.weight)  # [B, T, C]
+        if cfg.positions == "learned":
+            x = x + F.embedding(position, self.model.embed_positions.weight)
         # fp32 on CPU: q, k and v from one GEMM on weights joined once per generation, with each RoPE pair (i, i + D/2)
         # of q and k in adjacent rows, so RoPE is one complex multiply (cpu_ops' layout; q.k is the same in any
         # order of head dimensions shared by q and k, and v keeps its order). A cache made here holds such keys.
         joined = x.dtype == torch.float32 and x.device.type == "cpu"
-        if joined:
-            freqs = torch.complex(cos, sin).unsqueeze(-2)  # [(B,) T, 1, D/2]
-        cos, sin = cos.unsqueeze(-2).to(x.dtype), sin.unsqueeze(-2).to(x.dtype)  # [(B,) T, 1, D/2]
-        for block, layer in zip(self.model.layers, cache):
+        if cos is not None:
+            if joined:
+                freqs = torch.complex(cos, sin).unsqueeze(-2)  # [(B,) T, 1, D/2]
+            cos, sin = cos.unsqueeze(-2).to(x.dtype), sin.unsqueeze(-2).to(x.dtype)  # [(B,) T, 1, D/2]
+        for block, layer, mask in zip(self.model.layers, cache, masks):
             a, m = block.self_attn, block.mlp
             h = F.rms_norm(x, (cfg.n_embd,), block.input_layernorm.weight, block.input_layernorm.eps)
             if joined and plain_linears(a.q_proj, a.k_proj, a.v_proj):
@@ -460,18 +699,22 @@ class Model(nn.Module):
                     rows = cpu_ops._interleaved_rows(H + K, K, D, x.device)[0]
                     layer.qkv_weight = torch.cat((a.q_proj.weight, a.k_proj.weight, a.v_proj.weight))[rows]
                 qkv = F.linear(h, layer.qkv_weight).view(B, T, H + 2 * K, D)
-                qk = torch.view_as_real(cpu_ops._as_complex(qkv[:, :, :H + K]) * freqs).flatten(-2)
+                qk = qkv[:, :, :H + K] if cos is None else torch.view_as_real(cpu_ops._as_complex(qkv[:, :, :H + K]) * freqs).flatten(-2)
                 v = qkv[:, :, H + K:].transpose(1, 2)
             else:
-                qk = apply_rope(torch.cat((linear(a.q_proj, h), linear(a.k_proj, h)), dim=-1).view(B, T, H + K, D), cos, sin)
+                qk = torch.cat((linear(a.q_proj, h), linear(a.k_proj, h)), dim=-1).view(B, T, H + K, D)
+                qk = qk if cos is None else apply_rope(qk, cos, sin)
                 v = linear(a.v_proj, h).view(B, T, K, D).transpose(1, 2)
             q, k = qk.transpose(1, 2).split([H, K], dim=1)  # [B, H, T, D], [B, K, T, D]
-            y = attend(q, k, v, layer, mask, K != H).transpose(1, 2).reshape(B, T, cfg.n_embd)
+            y = attend(q, k, v, layer, mask, K != H, a.softcap).transpose(1, 2).reshape(B, T, cfg.n_embd)
             x = x + linear(a.o_proj, y)
             h = F.rms_norm(x, (cfg.n_embd,), block.post_attention_layernorm.weight, block.post_attention_layernorm.eps)
-            x = x + linear(m.down_proj, F.silu(linear(m.gate_proj, h)) * linear(m.up_proj, h))
+            if cfg.mlp == "gelu":
+                x = x + linear(m.down_proj, F.gelu(linear(m.up_proj, h)))
+            else:
+                x = x + linear(m.down_proj, F.silu(linear(m.gate_proj, h)) * linear(m.up_proj, h))
         x = F.rms_norm(x[:, -1], (cfg.n_embd,), self.model.norm.weight, self.model.norm.eps)
-        return linear(self.lm_head, x)
+        return self.cap(linear(self.lm_head, x))
 
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())  # tied weights counted once

@@ -204,6 +204,7 @@ def target_names(model, quantize_lm_head: bool = False) -> list[str]:
     """Names of the linear layers a scheme quantizes: every block projection, and lm_head when asked."""
     names = [f"model.layers.{i}.{'self_attn' if n.endswith(('q_proj', 'k_proj', 'v_proj', 'o_proj')) else 'mlp'}.{n}"
              for i in range(len(model.model.layers)) for n in LINEAR_NAMES]
+    names = [n for n in names if n in dict(model.named_modules())]  # a GELU MLP has no gate_proj
     return names + (["lm_head"] if quantize_lm_head else [])
 
 

@@ -21,6 +21,9 @@ from llmpipe.registry import Plan, Stage
 from llmpipe.train.trackers import check_tracker_names, check_trackers_installed, trackers_field
 
 MODEL_PRESETS = ("tiny", "small", "124m", "350m")  # the keys of llmpipe.model.PRESETS (importing it would import torch)
+# Params passed to ModelConfig under the same names (llmpipe/model.py has what each does)
+MODEL_OPTIONS = ("positions", "rope_scaling", "rope_factor", "rope_original_max_seq_len", "sliding_window", "global_every",
+                 "attn_softcap", "final_softcap", "mlp")
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,15 @@ class Params:
     n_head: int = field(default=0, metadata={"help": "Attention heads (0: the preset's)."})
     n_kv_head: int = field(default=0, metadata={"help": "Key/value heads for grouped-query attention (0: the preset's)."})
     rope_theta: float = field(default=10000.0, metadata={"help": "RoPE base frequency."})
+    positions: Literal["rope", "alibi", "learned"] = field(default="rope", metadata={"help": "Positions: rope; alibi (per-head linear distance biases, Press et al. 2022; no transformers export); learned (GPT-2's absolute embeddings; no transformers export, no evaluation past seq_len)."})
+    rope_scaling: Literal["none", "linear", "dynamic", "yarn"] = field(default="none", metadata={"help": "RoPE scaled for rope_factor x the context trained at: linear (position interpolation), dynamic (NTK) or yarn; exported as the Llama config's rope_parameters."})
+    rope_factor: float = field(default=1.0, metadata={"help": "With rope_scaling: the context multiple (> 1)."})
+    rope_original_max_seq_len: int = field(default=0, metadata={"help": "With rope_scaling dynamic or yarn: the context the model was trained at (0: seq_len / rope_factor)."})
+    sliding_window: int = field(default=0, metadata={"help": "Each position attends to itself and the sliding_window - 1 before it (Mistral; 0: to all before it)."})
+    global_every: int = field(default=0, metadata={"help": "With sliding_window: every n-th layer attends to all positions (Gemma 2: 2; exported as Ministral)."})
+    attn_softcap: float = field(default=0.0, metadata={"help": "Soft-cap attention scores to (-cap, cap) with tanh (Gemma 2: 50; 0: off; no transformers export)."})
+    final_softcap: float = field(default=0.0, metadata={"help": "Soft-cap the output logits likewise (Gemma 2: 30; 0: off; no transformers export)."})
+    mlp: Literal["swiglu", "gelu"] = field(default="swiglu", metadata={"help": "FFN: swiglu (Llama) or gelu (GPT-2's two-matrix MLP; exported as Arcee)."})
     tie_embeddings: bool = field(default=True, metadata={"help": "Share the input embedding with lm_head (saves vocab x n_embd parameters)."})
     seq_len: int = field(default=256, metadata={"help": "Tokens per training sequence (also the model's max_position_embeddings)."})
     batch_tokens: int = field(default=4096, metadata={"help": "Tokens per optimizer step over all ranks; grad accumulation makes up the rest."})
@@ -68,6 +80,12 @@ class Params:
             raise ValueError(f"batch_tokens: {self.batch_tokens} is not a multiple of micro_batch x seq_len x nproc_per_node = {per_pass}")
         if not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"min_lr: expected a number in [0, lr={self.lr}], got {self.min_lr}")
+        if self.rope_scaling != "none" and (self.positions != "rope" or self.rope_factor <= 1):
+            raise ValueError(f"rope_scaling: {self.rope_scaling} needs positions rope and rope_factor > 1 (got {self.positions}, {self.rope_factor})")
+        if min(self.sliding_window, self.global_every, self.attn_softcap, self.final_softcap, self.rope_original_max_seq_len) < 0:
+            raise ValueError("sliding_window, global_every, attn_softcap, final_softcap, rope_original_max_seq_len: expected >= 0")
+        if self.global_every and not self.sliding_window:
+            raise ValueError("global_every: alternates sliding-window and global layers; set sliding_window too")
 
 
 def model_config(p: Params, vocab_size: int, special: dict):
@@ -76,8 +94,9 @@ def model_config(p: Params, vocab_size: int, special: dict):
     sizes = {k: v for k, v in (("n_layer", p.n_layer), ("n_embd", p.n_embd), ("n_head", p.n_head), ("n_kv_head", p.n_kv_head)) if v}
     if "n_head" in sizes and "n_kv_head" not in sizes:
         sizes["n_kv_head"] = sizes["n_head"]
+    options = {name: getattr(p, name) for name in MODEL_OPTIONS}
     return ModelConfig.preset(
-        p.model, vocab_size=vocab_size, max_seq_len=p.seq_len, rope_theta=p.rope_theta, tie_embeddings=p.tie_embeddings,
+        p.model, vocab_size=vocab_size, max_seq_len=p.seq_len, rope_theta=p.rope_theta, tie_embeddings=p.tie_embeddings, **options,
         bos_token_id=special.get("bos", 1), eos_token_id=special.get("eos", 2), pad_token_id=special.get("pad", 3), **sizes,
     )
 
@@ -154,6 +173,7 @@ def train_on_tokens(ctx, p: Params, objective, name: str) -> dict:
     from llmpipe.artifacts.manifest import read_manifest
     from llmpipe.errors import InputError
     from llmpipe.evaluation.perplexity import loss_rows, summary, token_bytes
+    from llmpipe.log import log
     from llmpipe.model import Model
     from llmpipe.train.data import PackedBatches, split_shards
     from llmpipe.artifacts.checkpoint import write_model_dir
@@ -217,6 +237,8 @@ def train_on_tokens(ctx, p: Params, objective, name: str) -> dict:
         state = model_state(model)  # every rank: under FSDP the shards are gathered to rank 0
         if dist.is_main:
             write_model_dir(ctx.out, state, hf_config, p.tokenizer)
+            if cfg.export_blocker():  # trained all the same; said where the checkpoint is written
+                log(f"note: {ctx.out} loads in llmpipe but not in transformers: {cfg.export_blocker()}")
             loss_png(ctx.out / "loss.png", ctx.out / "metrics.jsonl", f"{name}: {cfg.n_layer} layers, d {cfg.n_embd}, {model.num_params() / 1e6:.2f}M params")
         final = evals[-1] if evals else {}
         return {"counts": {"steps": p.max_steps, "tokens": p.max_steps * p.batch_tokens, "parameters": model.num_params()},

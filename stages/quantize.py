@@ -100,6 +100,10 @@ def check_checkpoint(path: Path, p: Params) -> dict:
     if config.get("quantization"):
         q = config["quantization"]
         raise ValueError(f"inputs: {path} is already quantized ({q.get('method')} int{q.get('bits')}); give the float checkpoint")
+    rope_type = (config.get("rope_parameters") or {}).get("rope_type", "default")
+    if p.format == "gguf" and (config.get("model_type") != "llama" or rope_type != "default"):
+        why = config.get("llmpipe_export_blocker") or f"model_type {config.get('model_type')}, rope_type {rope_type}"
+        raise ValueError(f"format: GGUF export writes llama.cpp's plain llama architecture, which {path.name} is not ({why}); use format safetensors")
     if p.scheme == "int4" and p.group_size:
         sizes = {"n_embd": config["hidden_size"], "intermediate_size": config["intermediate_size"]}
         for what, size in sizes.items():
@@ -172,6 +176,8 @@ def quantize_task(ctx, task: dict) -> dict:
         config = check_checkpoint(path, p)
     except ValueError as e:
         raise InputError(f"{ctx.run['step']} {e}") from None
+    if config.get("llmpipe_export_blocker"):
+        log(f"note: the quantized {path.name} loads in llmpipe but not in transformers: {config['llmpipe_export_blocker']}")
     t0 = time.time()
     model = Model.from_checkpoint(path).eval()
     names = target_names(model, p.quantize_lm_head)
