@@ -37,7 +37,7 @@ def _ingest(path: Path, **params) -> None:
     from stages.ingest import Params, _records, _repaired, finalize
 
     ctx = TaskContext(out=path.parent, params=Params(**params), inputs=[], phase="read", task_index=0, n_tasks=1, run={})
-    task = {"source": str(path), "input": str(path.parent), "path": str(path)}
+    task = {"source": str(path), "input": str(path.parent), "path": str(path), "offsets": [0, None]}  # the whole file, as a task of whole files reads it
     stats = TaskStats()
     rows = [_repaired(rec, stats) for rec in _records(task, ctx.params, stats)]
     pa.RecordBatch.from_pylist(rows, schema=BASE_SCHEMA)
