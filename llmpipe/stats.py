@@ -30,7 +30,7 @@ class TaskStats:
         self.skipped[reason] += 1
         kept = self.samples.setdefault(reason, [])
         if sample and len(kept) < MAX_SAMPLES:  # one line each: `inspect` and error messages show them
-            kept.append(" ".join(sample.split())[:300])
+            kept.append(" ".join(sample.splitlines())[:300])  # line breaks folded, other spacing kept as the data had it
 
     def to_json(self) -> dict:
         return {"counts": dict(self.counts), "dropped": dict(self.dropped), "skipped": dict(self.skipped), "samples": self.samples}
