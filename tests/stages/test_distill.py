@@ -144,15 +144,18 @@ def test_a_teacher_with_another_vocabulary_is_one_line(shakespeare, tmp_path):
 @pytest.mark.long
 def test_a_distilled_student_beats_the_same_student_trained_alone(shakespeare, tmp_path):
     """A 4-layer, d=128 teacher (0.9M parameters) pretrained 300 steps on tiny shakespeare; a 2-layer, d=64 student
-    (0.13M) trained 200 steps of 1024 tokens, with the plain LM loss and with KD (alpha 0.5, T 2, the defaults)."""
+    (0.13M) trained 200 steps of 1024 tokens, with the plain LM loss and with KD at alpha 0.9, T 1. (At the defaults,
+    alpha 0.5, T 2, KD is lower too but by 0.03-0.12 nats with the data order: 4.314 vs 4.347 on one run, 4.269 vs
+    4.388 on another; at alpha 0.9, T 1 the margin was 0.46.)"""
     common = {"seq_len": 128, "micro_batch": 8, "eval_steps": 8, "eval_every": 0, "checkpoint_every": 0, "warmup_steps": 10, "device": "cpu"}
     teacher = llmpipe.run_stage("pretrain", [str(shakespeare / "tokens")], tmp_path / "teacher", tokenizer=str(shakespeare / "tok"),
                                 n_layer=4, n_embd=128, n_head=4, n_kv_head=4, batch_tokens=2048, max_steps=300, **common)
     student = {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_kv_head": 4, "batch_tokens": 1024, "max_steps": 200, **common}
     plain = llmpipe.run_stage("distill", [str(shakespeare / "tokens")], tmp_path / "plain", teacher=str(tmp_path / "teacher"), alpha=0.0, **student)
-    kd = llmpipe.run_stage("distill", [str(shakespeare / "tokens")], tmp_path / "kd", teacher=str(tmp_path / "teacher"), **student)
+    kd = llmpipe.run_stage("distill", [str(shakespeare / "tokens")], tmp_path / "kd", teacher=str(tmp_path / "teacher"), alpha=0.9,
+                           temperature=1.0, **student)
     print(f"teacher (4x128, 300 steps): val loss {teacher['metrics']['val_loss']:.4f}, bpb {teacher['metrics']['val_bpb']:.4f}; "
           f"student (2x64, 200 steps) without KD: val loss {plain['metrics']['val_loss']:.4f}, bpb {plain['metrics']['val_bpb']:.4f}; "
-          f"with KD (alpha 0.5, T 2): val loss {kd['metrics']['val_loss']:.4f}, bpb {kd['metrics']['val_bpb']:.4f}")
-    assert kd["metrics"]["val_loss"] < plain["metrics"]["val_loss"] - 0.05
+          f"with KD (alpha 0.9, T 1): val loss {kd['metrics']['val_loss']:.4f}, bpb {kd['metrics']['val_bpb']:.4f}")
+    assert kd["metrics"]["val_loss"] < plain["metrics"]["val_loss"] - 0.15
     assert kd["metrics"]["teacher_val_loss"] == teacher["metrics"]["val_loss"]
