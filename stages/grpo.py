@@ -20,7 +20,7 @@ frac_reward_zero_std (groups that teach nothing), completion_length, kl, clip_ra
 (`val_fraction`) are answered greedily before training and at every evaluation: eval_accuracy_before and
 eval_accuracy (and eval_reward) in the manifest; reward.png beside loss.png.
 
-    llmpipe grpo --input arithmetic.jsonl --checkpoint runs/sft --output runs/grpo --max-steps 50
+    llmpipe grpo --input embedded:arithmetic --checkpoint runs/pretrain/sft --output runs/grpo --max-steps 5 --max-new-tokens 8
     [steps.grpo]
     inputs = ["data/gsm8k_train.jsonl"]
     checkpoint = "sft"

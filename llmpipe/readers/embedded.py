@@ -18,7 +18,7 @@ import sysconfig
 from typing import Iterator
 
 SOURCES = ("python-docs", "stdlib-docstrings", "package-docs")
-CHAT_SOURCES = ("python-qa", "python-preferences")
+CHAT_SOURCES = ("python-qa", "python-preferences", "arithmetic")
 
 
 def iter_embedded(name: str) -> Iterator[dict]:
@@ -87,7 +87,14 @@ def _package_docs() -> Iterator[dict]:
 
 def iter_embedded_rows(name: str) -> Iterator[dict]:
     """The rows of a fine-tuning source (CHAT_SOURCES), in a stable order."""
-    answers = list(_stdlib_answers())
+    if name == "arithmetic":  # a verifiable task for grpo: "What is 7 + 12?" with its answer, a and b below 20, shuffled
+        import random
+
+        rows = [{"prompt": f"What is {a} + {b}?", "answer": str(a + b)} for a in range(20) for b in range(20)]
+        random.Random(0).shuffle(rows)
+        yield from rows
+        return
+    answers = list(_stdlib_answers()) if name in CHAT_SOURCES else []
     if name == "python-qa":
         for question, answer in answers:
             yield {"instruction": question, "input": "", "output": answer}
