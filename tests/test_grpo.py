@@ -222,3 +222,20 @@ def test_reward_model_reward_scores_the_rendered_reply(tmp_path):
         expected = [sequence_rewards(rm, torch.tensor([ids]), torch.tensor([len(ids)])).item()
                     for ids in (render(prompts[0] + [{"role": "assistant", "content": c}], tok)[0] for c in ("It is 5.", "It is 7."))]
     assert scores == pytest.approx(expected, abs=1e-5) and scores[0] != scores[1]
+
+
+def test_embedded_arithmetic_is_a_verifiable_task_that_ships():
+    """400 'What is a + b?' prompts with their answers, in a stable shuffled order; exact_match scores the answer."""
+    import re
+
+    from llmpipe.stats import TaskStats
+    from llmpipe.train.grpo_rewards import exact_match
+    from stages.grpo import read_prompts
+
+    prompts = read_prompts(["embedded:arithmetic"], "auto", TaskStats())
+    assert len(prompts) == 400 and len({p.messages[-1]["content"] for p in prompts}) == 400
+    for p in prompts:
+        a, b = map(int, re.fullmatch(r"What is (\d+) \+ (\d+)\?", p.messages[-1]["content"]).groups())
+        assert p.answer == str(a + b) and exact_match(f"The answer is {a + b}.", p.answer) == 1.0
+    assert [p.key for p in prompts[:2]] == ["embedded:arithmetic:1", "embedded:arithmetic:2"]
+    assert prompts == read_prompts(["embedded:arithmetic"], "auto", TaskStats())
