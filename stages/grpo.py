@@ -30,7 +30,6 @@ eval_accuracy (and eval_reward) in the manifest; reward.png beside loss.png.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -362,26 +361,10 @@ def train_task(ctx, task: dict) -> dict:
 
 def reward_png(path: Path, metrics: Path, title: str) -> None:
     """Mean reward (and exact-match accuracy) of the sampled completions per step; held-out greedy accuracy where measured."""
-    from llmpipe.artifacts.layout import atomic_path
-    from llmpipe.plots import _pyplot
-    from llmpipe.train.loop import read_metrics
+    from llmpipe.train.loop import curves_png
 
-    train_records, eval_records = read_metrics(metrics)
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([r["step"] for r in train_records], [r["reward"] for r in train_records], lw=1, label="reward (sampled)")
-    if train_records and "accuracy" in train_records[0]:
-        ax.plot([r["step"] for r in train_records], [r["accuracy"] for r in train_records], lw=1, label="accuracy (sampled)")
-    if eval_records and "eval_accuracy" in eval_records[0]:
-        ax.plot([r["step"] for r in eval_records], [r["eval_accuracy"] for r in eval_records], "o-", label="held-out accuracy (greedy)")
-    ax.set_xlabel("step")
-    ax.set_title(title, fontsize=10)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    curves_png(path, metrics, title, [("reward", "reward (sampled)"), ("accuracy", "accuracy (sampled)")],
+               [("eval_accuracy", "held-out accuracy (greedy)")])
 
 
 def finalize(ctx, stats: dict, records: dict) -> dict:

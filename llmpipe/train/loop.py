@@ -300,17 +300,26 @@ def read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
 
 def loss_png(path: Path, metrics: Path, title: str) -> None:
     """Training loss per step, and validation loss where it was measured."""
+    curves_png(path, metrics, title, [("loss", "train loss")], [("val_loss", "val loss")], "loss (nats/token)")
+
+
+def curves_png(path: Path, metrics: Path, title: str, train_keys: list[tuple[str, str]], eval_keys: list[tuple[str, str]],
+               ylabel: str = "") -> None:
+    """Metrics per step from a metrics.jsonl: (key, label) of the training records as lines, of the evaluations as
+    points; a key the records do not hold is left out."""
     from llmpipe.artifacts.layout import atomic_path
     from llmpipe.plots import _pyplot
 
     train_records, eval_records = read_metrics(metrics)
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([r["step"] for r in train_records], [r["loss"] for r in train_records], lw=1, label="train loss")
-    if eval_records and "val_loss" in eval_records[0]:
-        ax.plot([r["step"] for r in eval_records], [r["val_loss"] for r in eval_records], "o-", label="val loss")
+    for records, keys, style in ((train_records, train_keys, "-"), (eval_records, eval_keys, "o-")):
+        for key, label in keys:
+            if records and key in records[0]:
+                ax.plot([r["step"] for r in records], [r[key] for r in records], style, lw=1, label=label)
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
+    if ylabel:
+        ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.legend()
     ax.grid(alpha=0.3)
