@@ -8,13 +8,12 @@ bf16 and gradients are reduced in fp32 (MixedPrecisionPolicy); on CPU everything
 is why 2 CPU ranks train to the losses of one process.
 
 Checkpoints are the format DDP writes (model.safetensors + training_state.safetensors with the AdamW
-moments under the parameter names), not torch.distributed.checkpoint's per-rank files: DCP's
-FileSystemWriter pickles its .metadata, and llmpipe never writes a pickle. Saving gathers the full
-tensors to rank 0 (CPU, one tensor at a time) and rank 0 writes; resuming reads on rank 0 and
-broadcasts, and each rank keeps its shard (broadcast_from_rank0; the tensors go as tensors, only the list
-of names and shapes goes between the job's own ranks through torch's broadcast_object_list, in memory, never
-from a file). The files do not depend on the number of ranks: one process, DDP, FSDP on any number of
-ranks and transformers all read them.
+moments under the parameter names), not torch.distributed.checkpoint's per-rank files, whose writer
+keeps its metadata in a Python-object format llmpipe does not write. Saving gathers the full tensors
+to rank 0 (CPU, one tensor at a time) and rank 0 writes; resuming, every rank reads the files (as under
+DDP) and keeps its own shard of each tensor, so no Python objects travel between ranks. The files do
+not depend on the number of ranks: one process, DDP, FSDP on any number of ranks and transformers all
+read them.
 
     shard(model, device); rebind_optimizer(optimizer, names, model)   # before the first step
     tensors, moments = full_state(model, optimizer)                   # every rank calls it; rank 0 gets them
@@ -89,23 +88,20 @@ def full_state(model, optimizer) -> tuple[dict, dict]:
 
 
 def load_full_state(model, optimizer, tensors: dict, moments: dict) -> None:
-    """Put a checkpoint read on rank 0 (tensors, moments; {} elsewhere) into every rank's shards; every rank calls it."""
+    """Put a checkpoint every rank has read (full tensors, moments) into this rank's shards; every rank calls it."""
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
     names = {p: n for n, p in model.named_parameters()}
-    main = torch.distributed.get_rank() == 0
-    set_model_state_dict(model, tensors if main else {}, options=_options(broadcast_from_rank0=True))
+    set_model_state_dict(model, tensors, options=_options())
     state, groups = {}, []
-    if main:  # the nested form DCP reads: state per parameter name, groups naming their parameters
-        for group in optimizer.param_groups:
-            params = [names[p] for p in group["params"]]
-            groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": params})
-            for name in params:
-                if f"{name}.exp_avg" in moments:
-                    state[name] = {"step": moments[f"{name}.step"].reshape(()), "exp_avg": moments[f"{name}.exp_avg"],
-                                   "exp_avg_sq": moments[f"{name}.exp_avg_sq"]}
-    set_optimizer_state_dict(model, optimizer, {"state": state, "param_groups": groups} if main else {},
-                             options=_options(broadcast_from_rank0=True))
+    for group in optimizer.param_groups:  # the nested form DCP reads: state per parameter name, groups naming their parameters
+        params = [names[p] for p in group["params"]]
+        groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": params})
+        for name in params:
+            if f"{name}.exp_avg" in moments:
+                state[name] = {"step": moments[f"{name}.step"].reshape(()), "exp_avg": moments[f"{name}.exp_avg"],
+                               "exp_avg_sq": moments[f"{name}.exp_avg_sq"]}
+    set_optimizer_state_dict(model, optimizer, {"state": state, "param_groups": groups}, options=_options())
 
 
 def model_state(model) -> dict:

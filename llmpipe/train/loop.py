@@ -136,12 +136,10 @@ def train(
     found = checkpoint_dirs(out)
     if found:
         step, path = found[-1]
-        if fsdp:  # rank 0 reads the full checkpoint, every rank keeps its shards
-            tensors, _, state, opt = load_checkpoint(path, device="cpu") if dist.is_main else ({}, None, None, None)
+        tensors, _, state, opt = load_checkpoint(path, device="cpu")
+        if fsdp:  # every rank keeps its shards of the full tensors
             sharded.load_full_state(raw, optimizer, tensors, opt or {})
-            state = json.loads((path / "training_state.json").read_text())
         else:
-            tensors, _, state, opt = load_checkpoint(path, device="cpu")
             raw.load_state_dict(tensors)
             load_optimizer_tensors(optimizer, names, opt or {})
         start = int(state["step"])
