@@ -239,10 +239,7 @@ def prepare(step: Step, plan: Plan | None = None) -> dict:
                     # same work, other paths (a copied workdir, a settled input): the tasks left read from here
                     write_json_atomic(out / RUN, current)
                 return current
-        if (out / MANIFEST).exists():
-            _replace(out, previous_path(out))  # the complete artifact stays until its successor is complete
-        elif out.exists():
-            remove_artifact(out)
+        _clear(out)
         out.mkdir(parents=True)
         run = step.run_record(plan or step.plan())
         run["started"] = time.time()
@@ -281,10 +278,7 @@ def _take_back(out: Path, step: Step) -> None:
     if not _resumable(read_json(partial / RUN), step):
         remove_artifact(partial)
         return
-    if (out / MANIFEST).exists():
-        _replace(out, previous_path(out))
-    elif out.exists():
-        remove_artifact(out)
+    _clear(out)
     partial.rename(out)
 
 
@@ -306,10 +300,16 @@ def start_over(out: Path) -> None:
     with _locked(out):
         if partial_path(out).exists():
             remove_artifact(partial_path(out))
-        if (out / MANIFEST).exists():
-            _replace(out, previous_path(out))
-        elif out.exists():
-            remove_artifact(out)
+        _clear(out)
+
+
+def _clear(out: Path) -> None:
+    """Make room for a new run at out: a complete artifact moves aside (it stays until its successor is complete),
+    an incomplete one goes."""
+    if (out / MANIFEST).exists():
+        _replace(out, previous_path(out))
+    elif out.exists():
+        remove_artifact(out)
 
 
 def _drop_previous(out: Path) -> None:
