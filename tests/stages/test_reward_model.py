@@ -43,16 +43,18 @@ def test_reward_model_learns_a_preference_and_transformers_scores_as_llmpipe(cha
     from stages.reward_model import Params, load_pairs, pair_rewards
 
     data = _shuffled_pairs(shared_data, chat_base / "rm-shuffled.jsonl", n=1000)
-    args = {"max_seq_len": 64, "batch_size": 16, "micro_batch": 8, "max_steps": 80, "lr": 3e-3, "val_fraction": 0.2}
+    args = {"max_seq_len": 64, "batch_size": 16, "micro_batch": 8, "max_steps": 160, "lr": 1e-3, "val_fraction": 0.2}
     run_cli("reward-model", "--input", str(data), "--output", "rm", "--checkpoint", "model", "--device", "cpu",
             *(x for k, v in args.items() for x in (f"--{k.replace('_', '-')}", str(v))), cwd=chat_base, check=True, env={"OMP_NUM_THREADS": "1"})
     out = chat_base / "rm"
     m = json.loads((out / "_manifest.json").read_text())
     before, after = m["metrics"]["eval_accuracy_before"], m["metrics"]["eval_accuracy"]
-    print(f"reward model (2 layers, d 64) on Alpaca answers vs word-shuffled copies, {m['counts']['train_pairs']} train pairs, 80 steps: "
+    print(f"reward model (2 layers, d 64) on Alpaca answers vs word-shuffled copies, {m['counts']['train_pairs']} train pairs, 160 steps: "
           f"held-out pair accuracy {before:.3f} -> {after:.3f} on {m['counts']['val_pairs']} pairs, "
           f"loss {m['metrics']['val_loss_before']:.3f} -> {m['metrics']['val_loss']:.3f}, margin {m['metrics']['eval_margin']:.3f}")
     assert m["counts"]["val_pairs"] >= 150  # at chance, accuracy on 150 pairs has a standard deviation of 0.04
+    # lr 1e-3 for 160 steps: held-out accuracy 0.755-0.852 over seeds 0-7 here. At 3e-3 for 80 steps two seeds in five
+    # stayed near chance, and another CPU's float rounding gave 0.698 on CI: the margin must not hang on one seed.
     assert after >= 0.7 and after >= before + 0.1, m["metrics"]
 
     config = json.loads((out / "config.json").read_text())
