@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from llmpipe import cpu_ops  # noqa: E402
-from llmpipe.model import rope_cache  # noqa: E402
+from llmpipe.positions import rope_cache  # noqa: E402
 
 
 def grads(fn, *inputs):

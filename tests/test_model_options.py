@@ -15,7 +15,8 @@ from tests.test_model import shakespeare_ids
 torch = pytest.importorskip("torch")
 
 import llmpipe.model as model_module  # noqa: E402
-from llmpipe.model import Model, ModelConfig, alibi_slopes  # noqa: E402
+from llmpipe.model import Model, ModelConfig  # noqa: E402
+from llmpipe.positions import alibi_slopes  # noqa: E402
 
 BASE = {"vocab_size": 260, "n_layer": 2, "n_embd": 64, "n_head": 4, "n_kv_head": 2, "max_seq_len": 256, "rope_theta": 5000.0}
 

@@ -260,7 +260,7 @@ def test_every_gguf_type_writes_and_reads_back(quantized, tmp_path, kind):
 def test_rope_permutation_matches_llama_cpp_rotation():
     """Rotating interleaved pairs of the permuted q equals rotating HF's (i, i + D/2) pairs, then permuting."""
     from llmpipe.gguf_export import rope_permute
-    from llmpipe.model import apply_rope, rope_cache
+    from llmpipe.positions import apply_rope, rope_cache
 
     torch.manual_seed(0)
     H, D, T = 2, 8, 5
