@@ -7,8 +7,10 @@ workdir (`cp -a runs/p runs/q`) is fresh in its new place. Each input contribute
   taken once at finalize (in the same read as each file's own checksum, which readers check:
   llmpipe/artifacts/verify.py). A step that re-ran and wrote the same bytes (dedup at threshold 0.7
   removing nothing more than at 0.8) therefore leaves its dependents fresh: early cutoff, as
-  content-addressed build systems do. Manifests older than content hashes contribute their
-  fingerprint instead.
+  content-addressed build systems do. Records of how the artifact was made (RECORDS: a training
+  run's metrics.jsonl, which holds wall times and throughput) stay out of it, so a model trained
+  again to the same weights keeps its dependents fresh too; their checksums still guard them.
+  Manifests older than content hashes contribute their fingerprint instead.
 - an artifact an earlier step of the pipeline has yet to make: a provisional `planned:<that
   step's fingerprint>`. The runner re-resolves it from the real manifest once the step has run
   (pipeline.refresh_inputs), and finalize settles whatever is still provisional (a Slurm job is
@@ -35,6 +37,7 @@ from llmpipe.config import canonical_json
 
 PLANNED = "planned:"  # prefix of a provisional fingerprint: an input whose step has not run yet
 HASH_BLOCK = 1 << 20
+RECORDS = frozenset({"metrics.jsonl"})  # files of an artifact left out of its content hash (see above)
 
 
 def fingerprint(stage: str, version: int, params: dict, input_fingerprints: list[str]) -> str:
@@ -114,18 +117,21 @@ def data_files(root: Path, names: list[str]) -> list[Path]:
 
 
 def digest_files(root: Path, names: list[str]) -> tuple[str, list[FileDigest]]:
-    """In one read of each file: content_hash (names, sizes and bytes of all) and each file's own digest."""
+    """In one read of each file: content_hash (names, sizes and bytes of all but RECORDS) and each file's own digest."""
     root = Path(root)
     whole = hashlib.blake2b(digest_size=16)
     digests = []
     for f in data_files(root, names):
         rel = f.relative_to(root).as_posix()
         before = file_identity(f.stat())
-        whole.update(f"{rel}\0{before[0]}\0".encode())
+        content = rel not in RECORDS
+        if content:
+            whole.update(f"{rel}\0{before[0]}\0".encode())
         one = hashlib.blake2b(digest_size=16)
         with open(f, "rb") as fh:
             while block := fh.read(HASH_BLOCK):
-                whole.update(block)
+                if content:
+                    whole.update(block)
                 one.update(block)
         after = file_identity(f.stat())
         digests.append(FileDigest(rel, before[0], one.hexdigest(), after if after == before else None))

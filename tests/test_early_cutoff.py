@@ -147,3 +147,29 @@ def test_jobs_submitted_before_upstream_ran_settle_their_fingerprints(tmp_path, 
 
 def test_status_of_untouched_pipeline_is_fresh(project):
     assert {r.state for r in plan_status(load_pipeline("p.toml"))} == {"fresh"}
+
+
+def test_a_model_trained_again_to_the_same_weights_keeps_its_dependents_fresh(project):
+    """Training is deterministic here, but metrics.jsonl records wall times: it stays out of the content hash
+    (checksummed still), so a forced re-training leaves the quantized model after it fresh."""
+    pytest.importorskip("torch")
+    from llmpipe.artifacts.verify import damage
+
+    model_steps = "\n[steps.model]\nstage = \"pretrain\"\ninputs = [\"tokens\"]\ntokenizer = \"tokenizer\"\nmax_steps = 2\nn_layer = 1\n" \
+        "n_embd = 32\nn_head = 2\nn_kv_head = 2\nseq_len = 64\nmicro_batch = 2\nbatch_tokens = 256\neval_every = 0\ndevice = \"cpu\"\n" \
+        "\n[steps.int8]\nstage = \"quantize\"\ninputs = [\"model\"]\n"
+    write(project / "m.toml", PIPELINE.format(workdir="p") + model_steps)
+    run_cli("run", "m.toml", cwd=project, check=True, env={"OMP_NUM_THREADS": "1"})
+    model, int8 = project / "runs/p/model", project / "runs/p/int8"
+    first, metrics, int8_stamp = json.loads((model / "_manifest.json").read_text()), (model / "metrics.jsonl").read_text(), manifest_stamps(project / "runs/p")["int8"]
+    run_cli("run", "m.toml", "--only", "model", "--force", cwd=project, check=True, env={"OMP_NUM_THREADS": "1"})
+    res = run_cli("run", "m.toml", cwd=project, check=True)
+    again = json.loads((model / "_manifest.json").read_text())
+    assert (model / "metrics.jsonl").read_text() != metrics, "the wall times differ"
+    assert again["checksums"]["metrics.jsonl"] != first["checksums"]["metrics.jsonl"]
+    assert again["content_hash"] == first["content_hash"] and again["checksums"]["model.safetensors"] == first["checksums"]["model.safetensors"]
+    assert "int8: fresh, skipped" in res.stderr, res.stderr
+    assert manifest_stamps(project / "runs/p")["int8"] == int8_stamp
+    with open(model / "metrics.jsonl", "a") as f:  # out of the content hash, not out of the checksums
+        f.write("{}\n")
+    assert "metrics.jsonl" in damage(model, again)

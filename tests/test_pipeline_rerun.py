@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from llmpipe.artifacts.verify import STAMP
 from tests.conftest import REPO, run_cli
 
 pytestmark = pytest.mark.slow
@@ -35,8 +36,10 @@ def project(first_run, tmp_path) -> Path:
 
 
 def stamps(step_dir: Path) -> dict[str, int]:
-    """Every file of an artifact with its mtime: any re-run rewrites at least _run.json and _manifest.json."""
-    return {str(p.relative_to(step_dir)): p.stat().st_mtime_ns for p in sorted(step_dir.rglob("*")) if p.is_file()}
+    """Every file of an artifact with its mtime: any re-run rewrites at least _run.json and _manifest.json. Not the
+    verification stamps (STAMP), a cache readers refresh: the copy gave every file a new inode, and a file whose
+    change time has settled (under load, by the time a reader checks it) is stamped again."""
+    return {str(p.relative_to(step_dir)): p.stat().st_mtime_ns for p in sorted(step_dir.rglob("*")) if p.is_file() and p.name != STAMP}
 
 
 def manifest(project: Path, step: str) -> dict:
