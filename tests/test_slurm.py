@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from llmpipe.artifacts.verify import STAMP
 from tests.conftest import REPO, SLURM_MARKS, make_jsonl_corpus, run_cli, write
 from tests.test_resume import rows
 
@@ -220,3 +221,26 @@ def test_hostile_names_in_generated_slurm_scripts_run_nothing(tmp_path):
     assert (res.returncode, res.stderr.strip()) == (2, f"error: --executor slurm: the output directory {refused!r} holds a line break, "
                                                        "which an #SBATCH line cannot carry; choose a name without one")
     assert not (tmp_path / "runs" / "a\ntouch x").exists() and not list(tmp_path.rglob("x"))
+
+
+def test_a_failed_step_on_slurm_puts_the_previous_artifacts_back(tmp_path, shared_data):
+    """As a local run does: submission moved the complete ingest and dedup aside; ingest fails on the cluster, dedup's
+    job can never start; both previous artifacts are back in place, byte for byte, the failed run kept to resume."""
+    make_jsonl_corpus(shared_data, tmp_path / "corpus", n_files=2)
+    write(tmp_path / "p.toml", PIPELINE.format(name="f", executor="slurm", repo=REPO))
+    run_cli("run", "p.toml", cwd=tmp_path, check=True)
+    work = tmp_path / "runs/f"
+    def files():  # not the logs, nor the verification stamps (a cache readers refresh), nor what is set aside
+        return {p.relative_to(work): p.read_bytes() for p in sorted(work.rglob("*")) if p.is_file() and "_logs" not in p.parts
+                and p.name != STAMP and not p.relative_to(work).parts[0].startswith(".")}
+
+    before = files()
+    with open(tmp_path / "corpus/shard-01.jsonl", "a") as f:
+        f.write('{"text": broken\n')
+    res = run_cli("run", "p.toml", "--set", "ingest.max_bad_fraction=0.0", cwd=tmp_path)
+    assert res.returncode == 1 and res.stderr.strip().splitlines()[-1].startswith("error: step ingest: finalize failed; log "), res.stderr
+    after = files()
+    assert sorted(after) == sorted(before) and after == before
+    assert (work / ".ingest.partial/_run.json").exists() and not (work / ".ingest.previous").exists()
+    status = run_cli("status", "p.toml", "--set", "ingest.max_bad_fraction=0.0", cwd=tmp_path, check=True).stdout
+    assert re.search(r"incomplete +ingest \(\d+/\d+ tasks done, kept at \.ingest\.partial after a failed run\)", status), status

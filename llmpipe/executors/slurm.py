@@ -164,6 +164,16 @@ def cancel(job_ids: list[str]) -> None:
     subprocess.run(["scancel", *job_ids], capture_output=True)
 
 
+def wait_gone(job_ids: list[str], seconds: float = 60.0, poll_seconds: float = 0.5) -> bool:
+    """Wait until none of these jobs is in the queue (a cancelled job stays until its processes are gone)."""
+    deadline = time.time() + seconds
+    while _queue(job_ids):
+        if time.time() > deadline:
+            return False
+        time.sleep(poll_seconds)
+    return True
+
+
 def follow(steps: list[step_mod.Step], job_ids: list[str], settings: dict, poll_seconds: float = 2.0) -> None:
     """Wait until our jobs leave the queue; cancel the rest when a dependency can never be met."""
     done_steps: set[str] = set()
@@ -177,6 +187,7 @@ def follow(steps: list[step_mod.Step], job_ids: list[str], settings: dict, poll_
             break
         if any("DependencyNeverSatisfied" in v for v in queue.values()):
             cancel(job_ids)
+            wait_gone(job_ids)
             break
         time.sleep(poll_seconds)
     failed = [st for st in steps if not (st.out / MANIFEST).exists()]
@@ -238,11 +249,26 @@ def submit_pipeline(pipe, built: dict, selected: list[str], force: bool = False,
         if job_ids:
             cancel(job_ids)
             log(f"cancelled the {len(job_ids)} Slurm jobs this run submitted: {', '.join(job_ids)}")
+            if wait_gone(job_ids, seconds=30):
+                set_aside_unfinished(submitted)
+        raise
+    except SlurmFailed:
+        if not job_ids or not _queue(job_ids):  # not while jobs submitted before a refused sbatch still run
+            set_aside_unfinished(submitted)
         raise
     for r in reports:
         if r.action == "submitted":
             r.seconds = seconds_on_cluster(r.out, records[r.name])
     return reports
+
+
+def set_aside_unfinished(steps: list[step_mod.Step]) -> None:
+    """As a local run does after a failure: each submitted step that did not complete gets its previous complete
+    artifact back in place (submission moved it aside) and keeps its unfinished run at .<name>.partial to resume.
+    Only once no job of the run is left: a running task would write into whatever sits at its step's path."""
+    for st in steps:
+        if not (st.out / MANIFEST).exists():
+            step_mod.set_aside(st.out)
 
 
 def seconds_on_cluster(out: Path, records: list[Path]) -> float | None:
