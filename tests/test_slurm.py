@@ -244,3 +244,34 @@ def test_a_failed_step_on_slurm_puts_the_previous_artifacts_back(tmp_path, share
     assert (work / ".ingest.partial/_run.json").exists() and not (work / ".ingest.previous").exists()
     status = run_cli("status", "p.toml", "--set", "ingest.max_bad_fraction=0.0", cwd=tmp_path, check=True).stdout
     assert re.search(r"incomplete +ingest \(\d+/\d+ tasks done, kept at \.ingest\.partial after a failed run\)", status), status
+
+
+def test_a_killed_driver_leaves_its_jobs_and_the_rerun_waits_for_them(tmp_path, shared_data):
+    """SIGKILL of `llmpipe run` (no chance to cancel): its jobs run on. A re-run while they are queued would submit
+    their tasks a second time; it is refused in one line naming them. Once they are gone, the re-run completes."""
+    make_jsonl_corpus(shared_data, tmp_path / "corpus", n_files=4)
+    write(tmp_path / "local.toml", PIPELINE.format(name="local", executor="local", repo=REPO))
+    write(tmp_path / "slurm.toml", PIPELINE.format(name="slurm", executor="slurm", repo=REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "llmpipe", "run", "slurm.toml"], cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    submitted = []
+    for line in proc.stderr:
+        submitted += re.findall(r"\d+", line.split("submitted jobs", 1)[1].split("(")[0]) if "submitted jobs" in line else []
+        if "dedup: submitted jobs" in line:
+            break
+    proc.kill()
+    proc.wait()
+    left = sorted(our_jobs_in_queue(set(submitted)))
+    assert left, "the jobs finished before the kill; nothing to check"
+    res = run_cli("run", "slurm.toml", cwd=tmp_path, env={"PYTHONPATH": str(REPO)})
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "submitted jobs" not in res.stderr, res.stderr
+    line = res.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"error: step (ingest|dedup): Slurm jobs [\d, ]+ of an earlier run are still in the queue; wait for them to finish "
+                        r"\(squeue -j [\d,]+\) or cancel them \(scancel [\d ]+\), then run again", line), line
+    deadline = time.time() + 120
+    while our_jobs_in_queue(set(submitted)) and time.time() < deadline:
+        time.sleep(1)
+    run_cli("run", "slurm.toml", cwd=tmp_path, check=True, env={"PYTHONPATH": str(REPO)})
+    run_cli("run", "local.toml", cwd=tmp_path, check=True)
+    for step in ("ingest", "dedup"):
+        assert rows(tmp_path / "runs/slurm" / step) == rows(tmp_path / "runs/local" / step)

@@ -111,17 +111,36 @@ def finalize_script(step: step_mod.Step, settings: dict, dependency: str | None)
     return "\n".join(lines + _body(settings, f"exec {shlex.quote(python)} -m llmpipe task {shlex.quote(str(step.out))} --finalize"))
 
 
+JOBS = "jobs.txt"  # in a step's _logs: the id of every job submitted for it, one per line
+
+
 def sbatch(script_path: Path) -> str:
     res = subprocess.run(["sbatch", "--parsable", str(script_path)], capture_output=True, text=True)
     if res.returncode != 0:
         raise SlurmFailed(f"sbatch {script_path} failed: {res.stderr.strip()}")
-    return res.stdout.strip().split(";")[0]
+    job = res.stdout.strip().split(";")[0]
+    with open(script_path.parent / JOBS, "a") as f:
+        f.write(job + "\n")
+    return job
+
+
+def check_no_jobs_left(step: step_mod.Step) -> None:
+    """Refuse to submit a step whose jobs from an earlier run are still queued or running (that run's driver was
+    killed, or another run follows them): submitting its pending tasks again would make two jobs of one task."""
+    try:
+        earlier = (step.out / LOGS / JOBS).read_text().split()
+    except OSError:
+        return
+    if left := sorted(_queue(earlier)):
+        raise UserError(f"step {step.name}: Slurm jobs {', '.join(left)} of an earlier run are still in the queue; "
+                        f"wait for them to finish (squeue -j {','.join(left)}) or cancel them (scancel {' '.join(left)}), then run again")
 
 
 def submit_step(step: step_mod.Step, settings: dict, dependency: str | None, all_jobs: list[str]) -> tuple[list[str], list[Path]]:
     """Submit the pending phases of a step plus its finalize job; returns the job ids in order and the
     record paths of the tasks submitted (a resumed step has records from before). Each id is also
     appended to all_jobs as soon as sbatch gives it, so a Ctrl-C midway can cancel it."""
+    check_no_jobs_left(step)
     run = step_mod.prepare(step)
     logs = step.out / LOGS
     logs.mkdir(parents=True, exist_ok=True)
