@@ -27,6 +27,7 @@ acc, acc_norm, context; as lm-eval's --log_samples), and the metrics in the mani
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -44,6 +45,10 @@ class Params:
     fewshot_seed: int = field(default=1234, metadata={"help": "Seed of the few-shot draws (1234: lm-eval's default, so its contexts are reproduced)."})
     limit: int = field(default=0, metadata={"help": "Evaluate only the first N items of each task (sequences or documents of held-out text); 0: all."})
     batch_size: int = field(default=16, metadata={"help": "Sequences per forward pass."})
+    max_seq_len: int = field(default=0, metadata={"help": (
+        "Context to evaluate in, in tokens (0: the one the model was trained with). Past the trained length RoPE and ALiBi "
+        "positions extend (RoPE as the model's rope_scaling says: none, linear, dynamic NTK or YaRN); learned absolute "
+        "positions cannot.")})
     max_new_tokens: int = field(default=256, metadata={"help": "Longest generated answer for generation tasks (lm-eval's max_gen_toks)."})
     device: Literal["auto", "cpu", "cuda", "mps"] = field(default="auto", metadata={"help": "Where to run: auto (cuda, else mps, else cpu), cpu, cuda or mps."})
 
@@ -102,6 +107,17 @@ def plan(params: Params, inputs) -> Plan:
         if not Path(model.path, "tokenizer.model").is_file():
             raise ValueError(f"inputs: {model.path} has no tokenizer.model; evaluate reads checkpoints with an llmpipe tokenizer beside the weights")
         check_tokenizer(model.path)
+        from llmpipe.model import ModelConfig
+
+        try:
+            config = ModelConfig.from_hf(json.loads(Path(model.path, "config.json").read_text()))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            config = None  # the task's loader says in one line what is wrong with it
+        if config and params.max_seq_len > config.max_seq_len and config.positions == "learned":
+            raise ValueError(f"max_seq_len: {params.max_seq_len} is past the {config.max_seq_len} learned absolute positions of {model.path}; "
+                             "RoPE and ALiBi models extend past their trained context, this one cannot (give at most its trained context)")
+    if params.max_seq_len < 0:
+        raise ValueError(f"max_seq_len: {params.max_seq_len} is negative; give a context in tokens, or 0 for the model's own")
     return Plan(phases=[("evaluate", tasks)], files=["results.json"] + [f"samples/{t['name']}.parquet" for t in tasks])
 
 
@@ -120,6 +136,8 @@ def evaluate_task(ctx, task: dict) -> dict:
     device = autodetect_device() if p.device == "auto" else p.device
     checkpoint = next(i for i in ctx.inputs if is_model(i)).path
     model, tok = Model.from_checkpoint(checkpoint, device=device).eval(), load_tokenizer(checkpoint)
+    if p.max_seq_len:
+        model.set_max_seq_len(p.max_seq_len)
     try:
         if task["format"] in ("tokens", "documents"):
             rows, metrics = runs.perplexity(model, tok, checkpoint, ctx.inputs[task["input"]], task["format"], p.limit, p.batch_size, device)

@@ -5,7 +5,9 @@ as transformers' own log-probabilities say, GSM8K-style answers are extracted, a
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -271,3 +273,34 @@ def test_user_mistakes_are_one_line(chat_base, tmp_path, args, message):
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert res.stderr.strip().replace(str(tmp_path.resolve()), "<tmp>").replace(str(tmp_path), "<tmp>") == message
     assert set(tmp_path.iterdir()) == before, "nothing written"
+
+
+def test_max_seq_len_evaluates_past_the_trained_context(chat_base, tmp_path):
+    """The val split in windows of 512 (twice the 256 trained): RoPE extends and the windows hold 512 tokens (the losses
+    are printed; tests/test_model_options.py compares RoPE and ALiBi past their trained length)."""
+    import llmpipe
+
+    trained = llmpipe.run_stage("evaluate", [chat_base / "model", chat_base / "tokens"], tmp_path / "at256", limit=2, device="cpu")["metrics"]
+    longer = llmpipe.run_stage("evaluate", [chat_base / "model", chat_base / "tokens"], tmp_path / "at512", limit=2, device="cpu", max_seq_len=512)["metrics"]
+    print(f"val loss in windows of 256 (trained): {trained['perplexity/loss']:.4f}; of 512: {longer['perplexity/loss']:.4f}")
+    assert (trained["perplexity/tokens"], longer["perplexity/tokens"]) == (512, 1024)
+    assert longer["perplexity/loss"] != trained["perplexity/loss"] and math.isfinite(longer["perplexity/loss"])
+
+
+def test_max_seq_len_past_learned_positions_is_one_line(chat_base, tmp_path):
+    from safetensors.torch import save_file
+
+    from llmpipe.model import Model, ModelConfig
+
+    model = Model(ModelConfig(n_layer=1, n_embd=32, n_head=2, n_kv_head=2, vocab_size=1000, max_seq_len=64, positions="learned"))
+    ckpt = tmp_path / "learned"
+    ckpt.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items() if "lm_head" not in k}, ckpt / "model.safetensors")
+    (ckpt / "config.json").write_text(json.dumps(model.config.to_hf()))
+    shutil.copy(chat_base / "model" / "tokenizer.model", ckpt)
+    write(tmp_path / "held_out.jsonl", json.dumps({"text": "a held-out sentence"}) + "\n")
+    res = run_cli("evaluate", "--input", "learned", "--input", "held_out.jsonl", "--output", "out", "--max-seq-len", "128", cwd=tmp_path, timeout=60)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.strip() == ("error: evaluate --max-seq-len: 128 is past the 64 learned absolute positions of learned; RoPE and "
+                                  "ALiBi models extend past their trained context, this one cannot (give at most its trained context)")
+    assert not (tmp_path / "out").exists()
