@@ -45,6 +45,16 @@ def train(sentences: Iterable[str], vocab_size: int, lowercase: bool, split_digi
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()), continuing_subword_prefix="##",
                                         show_progress=False)
     tok.train_from_iterator(sentences, trainer)
+    # the trainer numbers pieces in the order of a Rust HashMap, which differs from run to run (the set of pieces does
+    # not); WordPiece segments by the set alone, so number them in a fixed order: special tokens, then by length and text
+    vocab = tok.get_vocab(with_added_tokens=False)
+    n_special = len(SPECIAL_TOKENS)
+    if [vocab.get(t) for t in SPECIAL_TOKENS.values()] != list(range(n_special)):
+        raise RuntimeError("WordPieceTrainer placed the special tokens at other ids than llmpipe.text.wordpiece defines")
+    rest = sorted((p for p, i in vocab.items() if i >= n_special), key=lambda p: (len(p.removeprefix("##")), p.startswith("##"), p))
+    ordered = [*SPECIAL_TOKENS.values(), *rest]  # the trainer gave the special tokens these ids already
+    tok.model = models.WordPiece({p: i for i, p in enumerate(ordered)},
+                                 unk_token=SPECIAL_TOKENS["unk"], continuing_subword_prefix="##")
     roles = [SPECIAL_TOKENS[r] for r in CHAT_ROLES]
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in roles])  # matched in text: HF chat templates render them
     cls, sep = SPECIAL_TOKENS["bos"], SPECIAL_TOKENS["eos"]
