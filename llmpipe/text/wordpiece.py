@@ -101,7 +101,7 @@ class WordPieceTokenizer:
         self.path = Path(hf_file)
         try:
             self.hf = HFTokenizer.from_file(str(hf_file))
-        except Exception:  # tokenizers raises its own Exception subclass with serde's message
+        except Exception:  # noqa: BLE001 -- tokenizers raises a bare Exception with serde's message
             from llmpipe.errors import InputError
 
             raise InputError(f"{hf_file}: not a Hugging Face tokenizer.json; re-run train-tokenizer") from None

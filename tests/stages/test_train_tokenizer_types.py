@@ -146,7 +146,8 @@ def test_wordpiece_through_tokenize_pretrain_generate_and_evaluate(corpus, tmp_p
     docs = texts(corpus)
     tok = load_tokenizer(wp)
     assert tokens["bytes_per_token"] == round(sum(len(d.encode()) for d in docs) / sum(len(tok.encode(d)) for d in docs), 4)
-    tiny = dict(n_layer=1, n_embd=32, n_head=2, n_kv_head=2, seq_len=32, micro_batch=2, batch_tokens=64, warmup_steps=2, eval_steps=2)
+    tiny = {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_kv_head": 2, "seq_len": 32, "micro_batch": 2, "batch_tokens": 64,
+            "warmup_steps": 2, "eval_steps": 2}
     out = tmp_path / "model"
     m = llmpipe.run_stage("pretrain", [str(tmp_path / "tokens")], out, tokenizer=str(wp), max_steps=6, eval_every=6,
                           checkpoint_every=6, keep_last=1, lr=3e-3, device="cpu", **tiny)
@@ -161,7 +162,7 @@ def test_wordpiece_through_tokenize_pretrain_generate_and_evaluate(corpus, tmp_p
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     said = run_cli("generate", str(out), "--prompt", "The history of", "--max-new-tokens", "4", cwd=tmp_path, check=True, env=env).stdout
-    assert said.startswith("the history of") or said.startswith("The history of"), said
+    assert said.startswith(("the history of", "The history of")), said
     ev = llmpipe.run_stage("evaluate", [str(out), str(tmp / "docs")], tmp_path / "eval", limit=10)
     got = json.loads((tmp_path / "eval" / "results.json").read_text())["results"]["perplexity"]
     assert got["bytes"] == sum(len(d.encode()) for d in docs[:10]), "bytes of the original documents, not of decoded pieces"
