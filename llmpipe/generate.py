@@ -101,7 +101,7 @@ def decode_stream(tok, ids: Iterable[int]) -> Iterator[str]:
         if len(text) > len(before):
             yield text[len(before):]
         # a window that opens on a control token (decoded as nothing) would drop the next word's space
-        if not tok.sp.is_control(seen[shown]):
+        if not tok.is_control(seen[shown]):
             start = shown
         shown = len(seen)
     rest = tok.decode(seen[start:])[len(tok.decode(seen[start:shown])):]

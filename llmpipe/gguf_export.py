@@ -123,6 +123,8 @@ def add_tokenizer(gguf, writer, checkpoint: Path, cfg) -> None:
     from llmpipe.text.tokenizer import load_tokenizer
 
     tok = load_tokenizer(checkpoint)
+    if not hasattr(tok, "sp"):  # quantize's plan refuses this in one line first
+        raise ValueError(f"{checkpoint}: GGUF export writes a sentencepiece vocabulary; this tokenizer is {tok.model_type}")
     sp = tok.sp
     T = gguf.TokenType
     tokens, scores, types = [], [], []

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmpipe.registry import Plan, Stage
+from llmpipe.text.tokenizer import has_tokenizer
 from stages import pretrain
 
 
@@ -60,7 +61,7 @@ def _made(path: Path) -> bool:
 def with_tokenizer(p: Params) -> Params:
     """p with its tokenizer: the one given, else the teacher's (a teacher still to be made is taken to carry one)."""
     teacher = Path(p.teacher)
-    if p.tokenizer or (_made(teacher) and not (teacher / "tokenizer.model").is_file()):
+    if p.tokenizer or (_made(teacher) and not has_tokenizer(teacher)):
         return p
     return dataclasses.replace(p, tokenizer=p.teacher)
 
@@ -86,7 +87,7 @@ def check_teacher(p: Params, tokens_path: str, tokens: dict | None) -> None:
         raise ValueError(f"teacher: {teacher} has a vocabulary of {config['vocab_size']} tokens, but {tokens_path} was made with one of "
                          f"{tokens['vocab_size']}; the student learns the teacher's next-token distribution, so tokenize with the teacher's tokenizer")
     made_with = tokens.get("tokenizer_sha256")
-    if made_with and (teacher / "tokenizer.model").is_file() and model_sha256(teacher) != made_with:
+    if made_with and has_tokenizer(teacher) and model_sha256(teacher) != made_with:
         raise ValueError(f"teacher: {teacher}'s tokenizer (sha256 {model_sha256(teacher)[:12]}) is not the one {tokens_path} was made with "
                          f"(sha256 {made_with[:12]}); tokenize with the teacher's tokenizer")
 
@@ -104,8 +105,8 @@ def train_task(ctx, task: dict) -> dict:
     p: Params = ctx.params
     try:
         check_teacher(p, ctx.inputs[0].path, read_manifest(Path(ctx.inputs[0].path)))
-        if not p.tokenizer and not (Path(p.teacher) / "tokenizer.model").is_file():
-            raise ValueError(f"teacher: {p.teacher} carries no tokenizer.model; give --tokenizer")
+        if not p.tokenizer and not has_tokenizer(p.teacher):
+            raise ValueError(f"teacher: {p.teacher} carries no tokenizer (tokenizer.model or a WordPiece tokenizer.json); give --tokenizer")
     except ValueError as e:
         raise InputError(f"{ctx.run['step']} {e}") from None
     return pretrain.train_on_tokens(ctx, with_tokenizer(p), _objective(p), "distill")

@@ -97,15 +97,15 @@ def eval_tasks(params: Params, inputs) -> list[dict]:
 
 
 def plan(params: Params, inputs) -> Plan:
-    from llmpipe.text.tokenizer import check_tokenizer
+    from llmpipe.text.tokenizer import check_tokenizer, has_tokenizer
     from llmpipe.train.dist import check_device
 
     check_device(params.device, built_only=True)
     tasks = eval_tasks(params, inputs)
     model = next(i for i in inputs if is_model(i))
     if Path(model.path, "config.json").is_file():  # made (not an earlier step still to run): its tokenizer is checked now
-        if not Path(model.path, "tokenizer.model").is_file():
-            raise ValueError(f"inputs: {model.path} has no tokenizer.model; evaluate reads checkpoints with an llmpipe tokenizer beside the weights")
+        if not has_tokenizer(model.path):
+            raise ValueError(f"inputs: {model.path} has no tokenizer.model (or WordPiece tokenizer.json); evaluate reads checkpoints with an llmpipe tokenizer beside the weights")
         check_tokenizer(model.path)
         from llmpipe.model import ModelConfig
 

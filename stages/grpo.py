@@ -198,7 +198,7 @@ def sample(model, prompts: list[list[int]], p: Params, stop_ids: set[int], gener
 
 
 def completion_texts(tokenizer, completions: list[list[int]], stop_ids: set[int]) -> list[str]:
-    return [tokenizer.sp.decode([t for t in c if t not in stop_ids]) for c in completions]
+    return [tokenizer.decode([t for t in c if t not in stop_ids]) for c in completions]
 
 
 def _autocast(device: str):

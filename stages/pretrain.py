@@ -210,7 +210,8 @@ def train_on_tokens(ctx, p: Params, objective, name: str) -> dict:
         if "val" in manifest.get("splits", {}) and manifest["splits"]["val"]["tokens"] > p.seq_len * p.micro_batch * dist.world_size:
             val = PackedBatches(split_shards(tokens, "val"), seq_len=p.seq_len, batch_size=p.micro_batch, seed=0,
                                 rank=dist.rank, world_size=dist.world_size, shuffle=False)
-            sizes = token_bytes(p.tokenizer, cfg.vocab_size).to(dist.device) if p.tokenizer else None
+            sizes = token_bytes(p.tokenizer, cfg.vocab_size, manifest.get("bytes_per_token")) if p.tokenizer else None
+            sizes = sizes.to(dist.device) if sizes is not None else None
             n_eval = min(p.eval_steps, val.steps_per_epoch)
 
             def eval_fn(m):

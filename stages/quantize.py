@@ -93,6 +93,11 @@ def check_checkpoint(path: Path, p: Params) -> dict:
 
     if not path.exists() or ((path / RUN).exists() and not (path / MANIFEST).exists()):
         return {}
+    from llmpipe.text.tokenizer import is_wordpiece_dir
+
+    if p.format == "gguf" and is_wordpiece_dir(path):  # llama.cpp's WordPiece vocabulary ("bert") goes with BERT encoders; untested here
+        raise ValueError(f"format: {path.name} has a WordPiece tokenizer and llmpipe's GGUF export writes only the sentencepiece "
+                         "(\"llama\") vocabulary; use format safetensors, or a bpe/unigram tokenizer")
     for name in ("config.json", "model.safetensors", "tokenizer.model" if p.format == "gguf" else "config.json"):
         if not (path / name).is_file():
             raise ValueError(f"inputs: {path} has no {name}; give a checkpoint directory (a pretrain, sft or dpo output)")

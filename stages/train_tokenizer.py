@@ -1,4 +1,4 @@
-"""Train a sentencepiece tokenizer (BPE or unigram) on documents, with the special tokens llmpipe uses.
+"""Train a tokenizer (sentencepiece BPE or unigram, or WordPiece as BERT) on documents, with the special tokens llmpipe uses.
 
 Two phases: `sample` (one task per input part: a seeded 64-bit key per document) and `train`
 (one task). Documents are taken in key order: the first `holdout_documents` (at most a tenth of
@@ -12,6 +12,12 @@ Text is kept as it is by default (normalization "identity", whitespace runs kept
 characters as UTF-8 bytes), so decoding gives back exactly the text that was encoded. The
 artifact holds tokenizer.model, special_tokens.json (bos/eos/pad and the chat roles for SFT/DPO)
 and the Hugging Face files (see llmpipe/text/tokenizer.py).
+
+model_type = "wordpiece" trains with Hugging Face `tokenizers`' WordPieceTrainer in BERT's setup
+(llmpipe/text/wordpiece.py): the artifact is tokenizer.json, special_tokens.json and
+tokenizer_config.json. byte_fallback, character_coverage, normalization and threads are
+sentencepiece's and do not apply; lowercase applies to WordPiece only. The same held-out
+documents give bytes_per_token (UTF-8 bytes of the original text per token) for every type.
 
     llmpipe train-tokenizer --input runs/pretrain/dedup --output runs/tokenizer --vocab-size 4096
     [steps.tokenizer]
@@ -40,12 +46,13 @@ HOLDOUT_SHARE = 0.1  # held-out documents are at most this share of the corpus
 
 @dataclass(frozen=True)
 class Params:
-    model_type: Literal["bpe", "unigram"] = field(default="bpe", metadata={"help": "sentencepiece model: bpe (as Llama) or unigram."})
+    model_type: Literal["bpe", "unigram", "wordpiece"] = field(default="bpe", metadata={"help": "bpe (sentencepiece, as Llama), unigram (sentencepiece) or wordpiece (Hugging Face tokenizers, as BERT)."})
     vocab_size: int = field(default=32000, metadata={"help": "Pieces in the vocabulary, special and byte tokens included."})
     byte_fallback: bool = field(default=True, metadata={"help": "Encode characters outside the vocabulary as UTF-8 byte tokens instead of <unk>."})
     character_coverage: float = field(default=0.9995, metadata={"help": "Share of characters the vocabulary covers (sentencepiece: 0.9995 for CJK-rich text, 1.0 for small alphabets)."})
     normalization: Literal["identity", "nfkc", "nmt_nfkc"] = field(default="identity", metadata={"help": "Unicode normalization before encoding; identity keeps text exactly."})
     split_digits: bool = field(default=True, metadata={"help": "One token per digit (as Llama), which helps arithmetic."})
+    lowercase: bool = field(default=True, metadata={"help": "WordPiece only: lowercase and strip accents (BERT uncased); --no-lowercase keeps case (BERT cased)."})
     max_chars: int = field(default=1_000_000_000, metadata={"help": "Cap on characters of the training sample; 0 for no cap."})
     max_sentences: int = field(default=5_000_000, metadata={"help": "Cap on lines of the training sample; 0 for no cap."})
     max_sentence_bytes: int = field(default=4192, metadata={"help": "Longer lines are cut at a space below this size (sentencepiece skips longer ones)."})
@@ -54,7 +61,12 @@ class Params:
     threads: int = field(default=4, metadata={"help": "sentencepiece training threads; the model depends on it, so it is fixed, not the core count."})
 
     def __post_init__(self):
-        floor = len(SPECIAL_TOKENS) + (256 if self.byte_fallback else 0) + 1
+        from llmpipe.text import wordpiece
+
+        if self.model_type == "wordpiece":  # no byte tokens
+            floor = len(wordpiece.SPECIAL_TOKENS) + 1
+        else:
+            floor = len(SPECIAL_TOKENS) + (256 if self.byte_fallback else 0) + 1
         if self.vocab_size < floor:
             raise ValueError(f"vocab_size: {self.vocab_size} leaves no room for learned pieces; use at least {floor}")
         if not 0 < self.character_coverage <= 1:
@@ -68,7 +80,8 @@ class Params:
 
 def plan(params: Params, inputs) -> Plan:
     parts = [f for inp in inputs for f in inp.files]
-    return Plan(phases=[("sample", [{"part": p} for p in parts]), ("train", [{}])], files=FILES)
+    files = [f for f in FILES if f != MODEL_FILE] if params.model_type == "wordpiece" else FILES  # tokenizer.json is the model
+    return Plan(phases=[("sample", [{"part": p} for p in parts]), ("train", [{}])], files=files)
 
 
 def doc_key(seed: int, doc_id: str) -> int:
@@ -160,6 +173,8 @@ def train_task(ctx, task: dict) -> dict:
                             yield s
                 offset += batch.num_rows
 
+    if p.model_type == "wordpiece":
+        return _train_wordpiece(ctx, sentences(), holdout_texts, sample, counts)
     model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
@@ -183,6 +198,23 @@ def train_task(ctx, task: dict) -> dict:
     if [tok.sp.id_to_piece(i) for i in range(len(ids))] != list(SPECIAL_TOKENS.values()):
         raise RuntimeError("sentencepiece placed the special tokens at other ids than llmpipe.text.tokenizer defines")
     return {"counts": {**sample, **counts}, "metrics": evaluate(tok, holdout_texts)}
+
+
+def _train_wordpiece(ctx, sentences: Iterator[str], holdout_texts: list[str], sample: dict, counts: dict) -> dict:
+    """WordPieceTrainer on the same sample; bytes per token on the same held-out documents."""
+    from llmpipe.errors import InputError
+    from llmpipe.text import wordpiece
+    from llmpipe.text.tokenizer import load_tokenizer
+
+    p: Params = ctx.params
+    hf = wordpiece.train(sentences, p.vocab_size, p.lowercase, p.split_digits)
+    if counts["sample_sentences"] == 0:
+        raise InputError(f"{ctx.run['step']}: the training sample is empty: its {sample['sample_documents']} documents hold no text but whitespace")
+    if hf.get_vocab_size() < p.vocab_size:  # the trainer stops when no pair is left to merge
+        raise InputError(f"{ctx.run['step']} vocab_size: {p.vocab_size} is more than this sample can fill (WordPiece made "
+                         f"{hf.get_vocab_size()}); lower vocab_size or give more text")
+    wordpiece.write_files(ctx.out, hf)
+    return {"counts": {**sample, **counts}, "metrics": evaluate(load_tokenizer(ctx.out), holdout_texts)}
 
 
 def _user_error(message: str, p: Params, step: str, sentences: int, documents: int):
@@ -231,6 +263,7 @@ def finalize(ctx, stats: dict, records: dict) -> dict:
     tok = load_tokenizer(ctx.out)
     return {
         "counts": {"documents": documents, **train["counts"]},
+        "model_type": ctx.params.model_type,
         "vocab_size": tok.vocab_size,
         "special_tokens": tok.special,
         "metrics": train["metrics"],

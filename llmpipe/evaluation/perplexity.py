@@ -3,6 +3,12 @@
 Bits per byte divides the nats of every predicted token by the UTF-8 bytes that token stands for
 (`token_bytes`: 0 for control tokens such as bos/eos, 1 for byte-fallback pieces, the piece's text
 with "▁" read as a space otherwise), so it compares across tokenizers.
+
+A WordPiece token does not say which bytes it stood for (whitespace is dropped, text may be
+lowercased and its accents stripped), so its pieces are never measured: bytes are the original
+text's UTF-8 bytes, exactly per document where the text is at hand (evaluate on documents), else
+each non-special token counts the corpus's measured bytes per token (tokenize's manifest figure,
+from the original bytes), which sums to the exact byte count over the whole corpus.
 """
 
 from __future__ import annotations
@@ -10,13 +16,22 @@ from __future__ import annotations
 import math
 
 
-def token_bytes(tokenizer_path, vocab_size: int):
-    """UTF-8 bytes each token id stands for (0 for control tokens), to turn nats per token into bits per byte."""
+def token_bytes(tokenizer_path, vocab_size: int, bytes_per_token: float | None = None):
+    """UTF-8 bytes each token id stands for (0 for control tokens), to turn nats per token into bits per byte.
+
+    WordPiece: `bytes_per_token` (measured on the original text) for every non-special token, or None without it."""
     import torch
 
     from llmpipe.text.tokenizer import load_tokenizer
 
-    sp = load_tokenizer(tokenizer_path).sp
+    tok = load_tokenizer(tokenizer_path)
+    if not hasattr(tok, "sp"):  # WordPiece
+        if not bytes_per_token:
+            return None
+        sizes = torch.full((vocab_size,), float(bytes_per_token), dtype=torch.float64)
+        sizes[[i for i in tok.special.values() if i < vocab_size]] = 0
+        return sizes
+    sp = tok.sp
     sizes = torch.zeros(vocab_size, dtype=torch.float64)
     for i in range(min(vocab_size, sp.get_piece_size())):
         if sp.is_control(i) or sp.is_unknown(i):

@@ -67,7 +67,12 @@ def perplexity(model, tok, checkpoint: str, inp, kind: str, limit: int, batch_si
     from llmpipe.evaluation.perplexity import document_windows, loss_rows, summary, token_bytes
 
     max_len = model.config.max_seq_len
-    sizes = token_bytes(checkpoint, model.config.vocab_size).to(device)
+    from llmpipe.artifacts.manifest import read_manifest
+
+    wordpiece = tok.model_type == "wordpiece"  # bytes from the original text, never from its pieces (see perplexity.py)
+    ratio = read_manifest(Path(inp.path)).get("bytes_per_token") if wordpiece and kind == "tokens" else None
+    sizes = token_bytes(checkpoint, model.config.vocab_size, ratio)
+    sizes = sizes.to(device) if sizes is not None else None
     if kind == "tokens":
         windows = [(x, y, i) for i, (x, y) in enumerate(_val_windows(inp.path, checkpoint, max_len, limit))]
     else:
@@ -88,6 +93,8 @@ def perplexity(model, tok, checkpoint: str, inp, kind: str, limit: int, batch_si
             sums = loss_rows(model, x.to(device), y.to(device), sizes).cpu()
             for row, (_, _, item) in enumerate(chunk):
                 per_item[item] += sums[row]
+    if wordpiece and kind != "tokens":
+        per_item[:, 2] = torch.tensor([len(t.encode("utf-8", "surrogatepass")) for t in texts[:n_items]], dtype=torch.float64)
     rows = [{"doc_id": i, "nats": float(r[0]), "tokens": int(r[1]), "bytes": int(r[2])} for i, r in enumerate(per_item)]
     total = per_item.sum(0)
     return rows, {**summary(total), "n": n_items, "tokens": int(total[1]), "bytes": int(total[2])}

@@ -75,7 +75,7 @@ def render(messages: list[dict], tokenizer, add_generation_prompt: bool = False)
     """(token ids, assistant mask) of a conversation: the mask is 1 on every assistant turn's content and
     its end token, 0 on system and user turns and on role headers. ValueError on an unknown role."""
     ids = role_ids(tokenizer)
-    by_text = {tokenizer.sp.id_to_piece(i): i for i in ids.values()}
+    by_text = {tokenizer.piece(i): i for i in ids.values()}
     # as Hugging Face does, a role token's string inside a message is that token (leftmost match)
     splitter = re.compile("(" + "|".join(re.escape(s) for s in sorted(by_text, key=len, reverse=True)) + ")")
     pieces: list[tuple[str | int, int]] = []  # text to encode, or a token id; with its mask value
@@ -96,7 +96,7 @@ def render(messages: list[dict], tokenizer, add_generation_prompt: bool = False)
     if add_generation_prompt:
         pieces.append((ids["assistant"], 0))
     texts = [p for p, _ in pieces if isinstance(p, str)]
-    encoded = iter(tokenizer.sp.encode(texts)) if texts else iter(())
+    encoded = iter([e.tolist() for e in tokenizer.encode_batch(texts)]) if texts else iter(())
     out_ids: list[int] = []
     mask: list[int] = []
     for piece, learn in pieces:

@@ -1,6 +1,9 @@
 """The tokenizer artifact: sentencepiece `tokenizer.model`, its special tokens, and the Hugging Face files.
 
     <artifact>/tokenizer.model        sentencepiece model (BPE or unigram); what llmpipe encodes with
+                                      (a WordPiece artifact has none: its tokenizer.json is the model,
+                                      see llmpipe/text/wordpiece.py; load_tokenizer returns either kind
+                                      behind one interface)
     <artifact>/special_tokens.json    {"bos": {"id": 1, "token": "<s>"}, ...}: what SFT/DPO read
     <artifact>/tokenizer.json         the same tokenizer for Hugging Face `tokenizers` / `transformers`
     <artifact>/tokenizer_config.json  so `AutoTokenizer.from_pretrained(<artifact>)` loads it as it is
@@ -45,6 +48,8 @@ def special_token_ids() -> dict[str, int]:
 class Tokenizer:
     """A loaded tokenizer: sentencepiece for encoding and decoding, plus the special token ids."""
 
+    model_type = "sentencepiece"  # bpe or unigram, as its model says
+
     def __init__(self, model_file: str | Path, special: dict[str, int] | None = None):
         import sentencepiece as spm
 
@@ -76,6 +81,13 @@ class Tokenizer:
         """Text of the ids; control tokens (bos, eos, chat roles) decode to nothing."""
         return self.sp.decode([int(i) for i in ids])
 
+    def piece(self, i: int) -> str:
+        return self.sp.id_to_piece(int(i))
+
+    def is_control(self, i: int) -> bool:
+        """A control token (bos, eos, pad, chat roles): decoded as nothing."""
+        return self.sp.is_control(int(i))
+
     def normalize(self, text: str) -> str:
         """The text decode(encode(text)) gives back: sentencepiece's normalization, with "▁" read as a space."""
         if not text:
@@ -85,9 +97,16 @@ class Tokenizer:
         return out.replace("\u2581", " ")
 
 
-def load_tokenizer(path: str | Path) -> Tokenizer:
-    """A train-tokenizer artifact directory, or a bare sentencepiece .model file (ids then come from the model)."""
+def load_tokenizer(path: str | Path):
+    """A train-tokenizer artifact directory (sentencepiece or WordPiece), or a bare sentencepiece .model file (ids then
+    come from the model). Either kind has encode, encode_batch, decode, normalize, piece, is_control, vocab_size, special."""
     path = Path(path)
+    if is_wordpiece_dir(path):
+        from llmpipe.text.wordpiece import WordPieceTokenizer
+
+        tok = WordPieceTokenizer(path / HF_FILES[0], read_special_tokens(path / SPECIAL_FILE, 1 << 31))
+        read_special_tokens(path / SPECIAL_FILE, tok.vocab_size)  # now that the vocabulary is known: every id inside it
+        return tok
     if path.is_dir():
         tok = Tokenizer(path / MODEL_FILE)
         if (path / SPECIAL_FILE).exists():
@@ -115,14 +134,30 @@ def read_special_tokens(path: Path, vocab_size: int) -> dict[str, int]:
     return ids
 
 
-def model_file(path: str | Path) -> Path:
-    """The sentencepiece model of a tokenizer artifact (or checkpoint) directory, or the .model file itself."""
+def is_wordpiece_dir(path: Path) -> bool:
+    """A directory whose tokenizer is WordPiece: tokenizer.json holds the model and there is no tokenizer.model."""
+    from llmpipe.text.wordpiece import is_wordpiece
+
     path = Path(path)
-    return path / MODEL_FILE if path.is_dir() else path
+    return path.is_dir() and not (path / MODEL_FILE).exists() and (path / HF_FILES[0]).is_file() and is_wordpiece(path / HF_FILES[0])
+
+
+def model_file(path: str | Path) -> Path:
+    """The file that defines the tokenizer of an artifact (or checkpoint) directory: tokenizer.model, or tokenizer.json
+    for WordPiece; or the file itself."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    return path / HF_FILES[0] if is_wordpiece_dir(path) else path / MODEL_FILE
+
+
+def has_tokenizer(path: str | Path) -> bool:
+    """Whether a directory carries an llmpipe tokenizer (sentencepiece or WordPiece)."""
+    return Path(path).is_dir() and model_file(path).is_file()
 
 
 def model_sha256(path: str | Path) -> str:
-    """The tokenizer's fingerprint: sha256 of its tokenizer.model bytes (the same wherever it is copied)."""
+    """The tokenizer's fingerprint: sha256 of its tokenizer.model (WordPiece: tokenizer.json) bytes, the same wherever it is copied."""
     import hashlib
 
     return hashlib.sha256(model_file(path).read_bytes()).hexdigest()
@@ -140,6 +175,14 @@ def check_tokenizer(path: str | Path) -> None:
     if not path.exists() or ((path / RUN).exists() and not (path / MANIFEST).exists()):
         return
     hint = "give the output of train-tokenizer (or a sentencepiece .model file)"
+    if is_wordpiece_dir(path):
+        from llmpipe.errors import InputError
+
+        try:
+            load_tokenizer(path)
+        except InputError as e:
+            raise ValueError(f"tokenizer: {e}") from None
+        return
     if path.is_dir() and not (path / MODEL_FILE).is_file():
         kind = json.loads((path / MANIFEST).read_text()).get("output_kind") if (path / MANIFEST).is_file() else None
         what = f"a {kind} artifact, not a tokenizer" if kind else f"a directory without {MODEL_FILE}"

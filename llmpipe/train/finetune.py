@@ -162,7 +162,7 @@ def chat_answers(checkpoint: Path, prompts: list[tuple[str, list[dict]]], new_to
         ids = ids[-(model.config.max_seq_len - new_tokens):]
         with torch.no_grad():
             made = model.generate(torch.tensor([ids]), new_tokens, eos_token_id=tok.special["end"])[0, len(ids):].tolist()
-        answer = tok.sp.decode([t for t in made if t != tok.special["end"]])
+        answer = tok.decode([t for t in made if t != tok.special["end"]])
         log(f"sample ({key}): {prompt[-1]['content'][:60]!r} -> {answer!r}")
         out.append({"key": key, "prompt": prompt[-1]["content"], "answer": answer})
     return out
