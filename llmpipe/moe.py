@@ -111,7 +111,7 @@ def router_loss(model) -> tuple:
     """(router_aux_loss_coef x the load-balancing loss, metrics) over the routing the MoE layers recorded since the last
     call, which it clears; (0, {}) for a dense model. Metrics: moe_aux_loss (n_experts * sum_i f_i P_i over the layers
     pooled; k when perfectly even), moe_load/i (the share of routed tokens expert i got, averaged over layers),
-    moe_load_cv (their coefficient of variation: 0 when even) and, with a capacity factor, moe_dropped (the share of
+    moe_load_cv (the coefficient of variation of each layer's loads, averaged over layers: 0 when even) and, with a capacity factor, moe_dropped (the share of
     assignments over capacity)."""
     layers = [m for m in model.modules() if isinstance(m, MoE)]
     routed = [r for m in layers for r in m.routed]
@@ -119,11 +119,13 @@ def router_loss(model) -> tuple:
     if not routed:
         return 0.0, {}
     moe = layers[0]
-    f = torch.stack([r[0] for r in routed]).mean(0)  # [E]: tokens per expert / N (sums to k)
+    per_layer = torch.stack([r[0] for r in routed])  # [layers (x forwards), E]: tokens per expert / N (sums to k)
+    f = per_layer.mean(0)  # the layers pooled
     P = torch.stack([r[1] for r in routed]).mean(0)  # [E]: mean router probability
     aux = moe.n_experts * (f * P).sum()
     load = f / moe.top_k
-    metrics = {"moe_aux_loss": aux.detach(), "moe_load_cv": load.std(unbiased=False) / load.mean(),
+    cv = (per_layer.std(-1, unbiased=False) / per_layer.mean(-1)).mean()  # averaged over layers can look even when no layer is
+    metrics = {"moe_aux_loss": aux.detach(), "moe_load_cv": cv,
                **{f"moe_load/{i}": share for i, share in enumerate(load)}}
     if moe.capacity_factor:
         metrics["moe_dropped"] = sum(r[2] for r in routed) / len(routed)
