@@ -1,6 +1,8 @@
 """A mixture-of-experts FFN (Shazeer et al. 2017; Switch, Fedus et al. 2021; Mixtral, Jiang et al. 2024): a router
 sends each token to its top k of n experts, each expert the model's MLP (SwiGLU or GELU) with its own weights, and the
 token's output is the experts' outputs weighted by the router's softmax renormalised over the k chosen (Mixtral).
+With k = 1 that weight is always 1, so the router learns only from the load-balancing loss (Switch weights by the
+unnormalised probability instead; Mixtral in transformers renormalises, and the export must compute its logits).
 
 The weights carry transformers 5's Mixtral names and layout (modeling_mixtral: MixtralTopKRouter, MixtralExperts):
 mlp.gate.weight [E, C] (the router), mlp.experts.gate_up_proj [E, 2I, C] (each expert's gate rows, then its up rows)
@@ -12,7 +14,7 @@ Training records each layer's routing (fraction of tokens sent to each expert, m
 load-balancing loss, n_experts * sum_i f_i * P_i over the layers pooled, as transformers' load_balancing_loss_func
 computes it; the training loop adds router_aux_loss_coef times it to the loss and logs expert load (router_loss).
 
-Capacity factor c > 0 (training only): an expert takes at most ceil(c * tokens * k / n_experts) of a micro-batch's
+Capacity factor c > 0 (training forwards only, MoE.training_forward): an expert takes at most ceil(c * tokens * k / n_experts) of a micro-batch's
 tokens, every token's first choice before any second choice, then in token order (GShard, Switch); the tokens over
 it get nothing from that expert (the block's residual carries them through). Evaluation, generation and the export
 are dropless, as Mixtral in transformers is: a token's output then never depends on the other tokens of its batch
@@ -66,9 +68,14 @@ class MoE(nn.Module):
     def projections(self) -> tuple[nn.Module, ...]:
         return (self.gate,)
 
+    def training_forward(self) -> bool:
+        """Training mode with gradients: not evaluation, nor generation (no_grad, even from a model left in training
+        mode: GRPO's sampling), nor a frozen reference or teacher model."""
+        return self.training and torch.is_grad_enabled()
+
     def capacity(self, tokens: int) -> int:
         """The most assignments an expert takes from `tokens` tokens (training with a capacity factor), else all of them."""
-        if not (self.training and self.capacity_factor):
+        if not (self.training_forward() and self.capacity_factor):
             return tokens
         return math.ceil(self.capacity_factor * tokens * self.top_k / self.n_experts)
 
@@ -95,7 +102,7 @@ class MoE(nn.Module):
             y = self.experts(e, x.index_select(0, token)) * flat_weights[assigned, None]
             out.index_add_(0, token, y.to(out.dtype))
             kept += len(assigned)
-        if self.training and torch.is_grad_enabled():  # not evaluation, nor a frozen reference or teacher model
+        if self.training_forward():
             self.routed.append((counts.float() / N, probs.mean(0), 1 - kept / (k * N)))
         return out.view(shape)
 
