@@ -14,9 +14,9 @@ Training records each layer's routing (fraction of tokens sent to each expert, m
 load-balancing loss, n_experts * sum_i f_i * P_i over the layers pooled, as transformers' load_balancing_loss_func
 computes it; the training loop adds router_aux_loss_coef times it to the loss and logs expert load (router_loss).
 
-Capacity factor c > 0 (training forwards only, MoE.training_forward): an expert takes at most ceil(c * tokens * k / n_experts) of a micro-batch's
-tokens, every token's first choice before any second choice, then in token order (GShard, Switch); the tokens over
-it get nothing from that expert (the block's residual carries them through). Evaluation, generation and the export
+Capacity factor c > 0 (training forwards only: MoE.training_forward): an expert takes at most
+ceil(c * tokens * k / n_experts) of a micro-batch's tokens, every token's first choice before any second choice, then
+in token order (GShard, Switch); the tokens over it get nothing from that expert (the block's residual carries them through). Evaluation, generation and the export
 are dropless, as Mixtral in transformers is: a token's output then never depends on the other tokens of its batch
 (so the KV-cache paths equal a full forward), and the exported logits are transformers'.
 
