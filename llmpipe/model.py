@@ -3,8 +3,8 @@
 Options from the literature switch parts of it (ModelConfig, defaults: the Llama above): positions by ALiBi or
 learned absolute embeddings instead of RoPE (llmpipe/positions.py), RoPE scaled for a longer context (linear, dynamic NTK, YaRN),
 sliding-window attention (optionally alternating with global layers), attention and final logit soft-capping,
-a GELU MLP instead of SwiGLU. `to_hf()` names the transformers architecture computing the same logits (Llama,
-Mistral, Ministral, Arcee) or, for a combination none computes, says why in `export_blocker()`.
+a GELU MLP instead of SwiGLU, a mixture of experts of those MLPs (llmpipe/moe.py). `to_hf()` names the transformers
+architecture computing the same logits (Llama, Mistral, Ministral, Arcee, Mixtral) or, for a combination none computes, says why in `export_blocker()`.
 
 Parameters carry the Hugging Face Llama names (model.embed_tokens, model.layers.N.self_attn.q_proj,
 ..., model.norm, lm_head) and RoPE uses HF's rotate-half layout, so `state_dict()` saved with
@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from llmpipe import cpu_ops
+from llmpipe.moe import MoE
 from llmpipe.positions import alibi_slopes, apply_rope, rope_cache, scaled_rope
 
 # name -> (n_layer, n_embd, n_head, n_kv_head); parameter counts at a 4k vocabulary, tied embeddings
@@ -73,6 +74,11 @@ class ModelConfig:
     attn_softcap: float = 0.0  # attention scores become cap * tanh(score / cap) (Gemma 2: 50); 0: off
     final_softcap: float = 0.0  # the same on the output logits (Gemma 2: 30)
     mlp: str = "swiglu"  # swiglu (Llama), or gelu: down(gelu(up(x))), GPT-2's two-matrix MLP
+    # mixture of experts (llmpipe/moe.py; exported as Mixtral); 0 experts: the dense MLP
+    n_experts: int = 0  # experts per layer, each an MLP of intermediate_size
+    experts_per_token: int = 2  # top-k routing
+    router_aux_loss_coef: float = 0.01  # the load-balancing loss's weight in the training loss (Switch: 0.01)
+    capacity_factor: float = 0.0  # training only: an expert takes at most ceil(c * tokens * k / n_experts) tokens; 0: dropless
 
     def __post_init__(self):
         self._check_types()
@@ -87,6 +93,8 @@ class ModelConfig:
             raise ValueError(f"rope_scaling {self.rope_scaling}: needs positions rope and rope_factor > 1 (got {self.positions}, {self.rope_factor})")
         if min(self.sliding_window, self.global_every, self.attn_softcap, self.final_softcap) < 0 or (self.global_every and not self.sliding_window):
             raise ValueError("sliding_window, global_every, attn_softcap, final_softcap: expected >= 0, and global_every only with a sliding_window")
+        if self.n_experts and not 1 <= self.experts_per_token <= self.n_experts:
+            raise ValueError(f"experts_per_token: expected 1 to n_experts ({self.n_experts}), got {self.experts_per_token}")
         if not self.intermediate_size:
             self.intermediate_size = 4 * self.n_embd if self.mlp == "gelu" else 64 * math.ceil(8 * self.n_embd / 3 / 64)
 
@@ -99,13 +107,14 @@ class ModelConfig:
                 raise ValueError(f"{name}: expected an integer from {low} to 2**31 - 1, got {value!r}"[:200])
         if self.max_seq_len > MAX_POSITIONS:  # the rope tables hold every position, and a config is not trusted
             raise ValueError(f"max_seq_len: {self.max_seq_len} positions is more than llmpipe makes rope tables for ({MAX_POSITIONS})")
-        for name in ("sliding_window", "global_every", "rope_original_max_seq_len"):
+        for name in ("sliding_window", "global_every", "rope_original_max_seq_len", "n_experts", "experts_per_token"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value < 1 << 31:
                 raise ValueError(f"{name}: expected an integer from 0 to 2**31 - 1, got {value!r}"[:200])
-        for name, low in (("rope_theta", 0), ("norm_eps", 0), ("rope_factor", 0), ("attn_softcap", -1), ("final_softcap", -1)):
-            value = getattr(self, name)  # softcaps: 0 means off
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low < value < math.inf:
+        for name, low in (("rope_theta", 0), ("norm_eps", 0), ("rope_factor", 0), ("attn_softcap", -1), ("final_softcap", -1),
+                          ("router_aux_loss_coef", -1), ("capacity_factor", -1)):
+            value = getattr(self, name)  # softcaps, capacity_factor: 0 means off
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low < value < math.inf or (low < 0 and value < 0):
                 raise ValueError(f"{name}: expected a {'positive' if low == 0 else 'non-negative'} number, got {value!r}"[:200])
         for name in ("positions", "rope_scaling", "mlp"):
             if not isinstance(getattr(self, name), str):
@@ -132,8 +141,8 @@ class ModelConfig:
 
     @property
     def fusable(self) -> bool:
-        """Whether the blocks can run as `cpu_ops.block` (RoPE, causal attention without a mask or a cap, SwiGLU)."""
-        return self.positions == "rope" and not self.sliding_window and not self.attn_softcap and self.mlp == "swiglu"
+        """Whether the blocks can run as `cpu_ops.block` (RoPE, causal attention without a mask or a cap, a dense SwiGLU)."""
+        return self.positions == "rope" and not self.sliding_window and not self.attn_softcap and self.mlp == "swiglu" and not self.n_experts
 
     def export_blocker(self) -> str:
         """Why no transformers architecture computes this model's logits, in one line ('' when one does)."""
@@ -144,12 +153,18 @@ class ModelConfig:
         if self.attn_softcap or self.final_softcap:
             return ("logit soft-capping: transformers has it only in Gemma 2-family models, whose blocks differ from this model's "
                     "(norms after attention and MLP, (1 + w) gains, scaled embeddings, GeGLU)")
+        if self.n_experts and (self.mlp == "gelu" or self.global_every):
+            return "a mixture of experts with a GELU MLP or alternating global layers: transformers' Mixtral has SwiGLU experts and one window"
         if self.mlp == "gelu" and self.sliding_window:
             return "a GELU MLP with sliding-window attention: transformers' Llama with a two-matrix MLP (Arcee) has no sliding window"
         return ""
 
     def hf_architecture(self) -> tuple[str, str, dict]:
         """(class prefix, model_type, config keys beyond Llama's) of the transformers model computing these logits."""
+        if self.n_experts:  # Mixtral: Mistral with a mixture of SwiGLU experts (dropless: llmpipe/moe.py)
+            return "Mixtral", "mixtral", {"num_local_experts": self.n_experts, "num_experts_per_tok": self.experts_per_token,
+                                          "router_aux_loss_coef": self.router_aux_loss_coef, "router_jitter_noise": 0.0,
+                                          "output_router_logits": False, "sliding_window": self.sliding_window or None}
         if self.mlp == "gelu":  # Arcee: Llama with down(act(up(x)))
             return "Arcee", "arcee", {"hidden_act": "gelu"}
         if self.sliding_window and self.global_every:  # Ministral: Mistral with a window per layer type
@@ -210,7 +225,7 @@ class ModelConfig:
         rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
         scaling = rope.get("rope_type", rope.get("type", "default"))
         layer_types = config.get("layer_types") or []
-        window = config.get("sliding_window") or 0 if config.get("model_type") in ("mistral", "ministral") else 0
+        window = config.get("sliding_window") or 0 if config.get("model_type") in ("mistral", "ministral", "mixtral") else 0
         options = {"sliding_window": window}
         if window and "full_attention" in layer_types:  # Ministral: a global layer every n-th
             options["global_every"] = layer_types.index("full_attention") + 1
@@ -222,6 +237,9 @@ class ModelConfig:
             context = round(context * rope["factor"])
         if config.get("model_type") == "arcee":
             options["mlp"] = "gelu"
+        if config.get("model_type") == "mixtral":
+            options |= {"n_experts": config["num_local_experts"], "experts_per_token": config.get("num_experts_per_tok", 2),
+                        "router_aux_loss_coef": config.get("router_aux_loss_coef", 0.001)}
         return cls(**options,
             vocab_size=config["vocab_size"], n_layer=config["num_hidden_layers"], n_embd=config["hidden_size"],
             n_head=config["num_attention_heads"], n_kv_head=config.get("num_key_value_heads") or config["num_attention_heads"],
@@ -397,7 +415,7 @@ class Block(nn.Module):
         self.input_layernorm = RMSNorm(cfg.n_embd, cfg.norm_eps)
         self.self_attn = Attention(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.n_embd, cfg.norm_eps)
-        self.mlp = MLP(cfg)
+        self.mlp = MoE(cfg) if cfg.n_experts else MLP(cfg)
 
     def projections(self) -> tuple[nn.Module, ...]:
         a = self.self_attn
@@ -656,7 +674,9 @@ class Model(nn.Module):
             y = attend(q, k, v, layer, mask, K != H, a.softcap).transpose(1, 2).reshape(B, T, cfg.n_embd)
             x = x + linear(a.o_proj, y)
             h = F.rms_norm(x, (cfg.n_embd,), block.post_attention_layernorm.weight, block.post_attention_layernorm.eps)
-            if cfg.mlp == "gelu":
+            if cfg.n_experts:  # dropless in evaluation (llmpipe/moe.py)
+                x = x + m(h)
+            elif cfg.mlp == "gelu":
                 x = x + linear(m.down_proj, F.gelu(linear(m.up_proj, h)))
             else:
                 x = x + linear(m.down_proj, F.silu(linear(m.gate_proj, h)) * linear(m.up_proj, h))
@@ -668,10 +688,14 @@ class Model(nn.Module):
         return n - self.model.embed_tokens.weight.numel() if non_embedding else n
 
     def estimate_flops(self, seq_len: int) -> float:
-        """Training FLOPs per token: 6 per matmul weight (the input embedding is a lookup) + attention (nanochat's count)."""
+        """Training FLOPs per token: 6 per matmul weight (the input embedding is a lookup) + attention (nanochat's count);
+        of a mixture of experts, the weights of the k experts a token goes to and the router's."""
         cfg = self.config
         # untied: the embedding is a lookup, lm_head a matmul; tied: the one matrix is lm_head's matmul
         n = self.num_params() - (0 if cfg.tie_embeddings else self.model.embed_tokens.weight.numel())
+        if cfg.n_experts:
+            experts = sum(p.numel() for block in self.model.layers for p in block.mlp.experts.parameters())
+            n -= experts * (cfg.n_experts - cfg.experts_per_token) // cfg.n_experts
         return 6 * n + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len
 
     @torch.no_grad()

@@ -23,7 +23,7 @@ from llmpipe.train.trackers import check_tracker_names, check_trackers_installed
 MODEL_PRESETS = ("tiny", "small", "124m", "350m")  # the keys of llmpipe.model.PRESETS (importing it would import torch)
 # Params passed to ModelConfig under the same names (llmpipe/model.py has what each does)
 MODEL_OPTIONS = ("positions", "rope_scaling", "rope_factor", "rope_original_max_seq_len", "sliding_window", "global_every",
-                 "attn_softcap", "final_softcap", "mlp")
+                 "attn_softcap", "final_softcap", "mlp", "n_experts", "experts_per_token", "router_aux_loss_coef", "capacity_factor")
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,10 @@ class Params:
     attn_softcap: float = field(default=0.0, metadata={"help": "Soft-cap attention scores to (-cap, cap) with tanh (Gemma 2: 50; 0: off; no transformers export)."})
     final_softcap: float = field(default=0.0, metadata={"help": "Soft-cap the output logits likewise (Gemma 2: 30; 0: off; no transformers export)."})
     mlp: Literal["swiglu", "gelu"] = field(default="swiglu", metadata={"help": "FFN: swiglu (Llama) or gelu (GPT-2's two-matrix MLP; exported as Arcee)."})
+    n_experts: int = field(default=0, metadata={"help": "Mixture of experts: this many MLPs per layer, each token routed to experts_per_token of them (exported as Mixtral; 0: one dense MLP)."})
+    experts_per_token: int = field(default=2, metadata={"help": "With n_experts: the top k experts each token goes to (Mixtral: 2 of 8)."})
+    router_aux_loss_coef: float = field(default=0.01, metadata={"help": "With n_experts: weight of the load-balancing loss (Switch: 0.01); metrics.jsonl logs it and each expert's load."})
+    capacity_factor: float = field(default=0.0, metadata={"help": "With n_experts, in training: an expert takes at most ceil(c x tokens x k / n_experts) tokens of a micro-batch, the rest skip it (0: dropless; evaluation and export always are)."})
     tie_embeddings: bool = field(default=True, metadata={"help": "Share the input embedding with lm_head (saves vocab x n_embd parameters)."})
     seq_len: int = field(default=256, metadata={"help": "Tokens per training sequence (also the model's max_position_embeddings)."})
     batch_tokens: int = field(default=4096, metadata={"help": "Tokens per optimizer step over all ranks; grad accumulation makes up the rest."})
@@ -84,6 +88,9 @@ class Params:
             raise ValueError(f"rope_scaling: {self.rope_scaling} needs positions rope and rope_factor > 1 (got {self.positions}, {self.rope_factor})")
         if min(self.sliding_window, self.global_every, self.attn_softcap, self.final_softcap, self.rope_original_max_seq_len) < 0:
             raise ValueError("sliding_window, global_every, attn_softcap, final_softcap, rope_original_max_seq_len: expected >= 0")
+        if self.n_experts and not 1 <= self.experts_per_token <= self.n_experts or min(self.n_experts, self.router_aux_loss_coef, self.capacity_factor) < 0:
+            raise ValueError(f"n_experts, experts_per_token, router_aux_loss_coef, capacity_factor: expected >= 0 and experts_per_token "
+                             f"from 1 to n_experts ({self.n_experts}), got {self.experts_per_token}")
         if self.global_every and not self.sliding_window:
             raise ValueError("global_every: alternates sliding-window and global layers; set sliding_window too")
 

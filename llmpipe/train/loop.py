@@ -119,6 +119,7 @@ def train(
     import torch
 
     from llmpipe.artifacts.checkpoint import load_checkpoint, save_checkpoint
+    from llmpipe.moe import discard_routing, router_loss
     from llmpipe.train.memory import keep_freed_memory
     from llmpipe.train.optim import load_optimizer_tensors, optimizer_tensors
 
@@ -203,8 +204,11 @@ def train(
                 sharded.set_gradient_sync(raw, sync)
             with ctx:  # no_sync: gradients are all-reduced (FSDP: reduce-scattered) once, on the last micro-batch
                 with _autocast(dist.device):
+                    discard_routing(raw)  # routing recorded outside this batch's forward (checkpointing's recomputation)
                     loss, metrics = _loss_and_metrics(loss_fn(model, batch))
-                    loss = loss / len(batches)
+                    aux, routing = router_loss(raw)  # a mixture of experts' load-balancing loss and expert load; 0, {} when dense
+                    loss = (loss + aux) / len(batches)
+                    metrics = {**metrics, **routing}
                 loss.backward()
             total += loss.detach()
             for name, value in metrics.items():
@@ -236,7 +240,7 @@ def train(
             tracked.log(record)
             remaining = (cfg.max_steps - step - 1) * (time.time() - t_start) / max(1, step + 1 - start)
             mfu = f" | mfu {record['mfu']:.1%}" if "mfu" in record else ""
-            shown = "".join(f" | {name} {record[name]:.3f}" for name in extra)
+            shown = "".join(f" | {name} {record[name]:.3f}" for name in extra if not name.startswith("moe_load/"))  # moe_load_cv sums them up
             log(f"step {step + 1}/{cfg.max_steps} | loss {loss_value:.4f}{shown} | lr {lr:.2e} | norm {float(grad_norm):.3f} | "
                 f"dt {dt * 1000:.0f}ms | tok/s {tok_s:,.0f}{mfu} | eta {remaining / 60:.1f}m")
         done = step + 1 == cfg.max_steps
