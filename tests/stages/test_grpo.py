@@ -6,8 +6,9 @@ leaves it answering about a third of the held-out ones greedily and a fifth when
 the SFT is stopped early on purpose, so that sampled groups hold right and wrong answers, the reward variance GRPO
 learns from). SFT at lr 3e-3 (the earlier setup) memorised instead (train 0.55, held-out 0.37) and left a model so
 sharp that GRPO's noisy steps lost more than they gained (held-out -0.04 .. +0.12).
-Seen over seeds 0, 1, 2 on this machine: held-out 0.342 -> 0.506, 0.311 -> 0.446, 0.280 -> 0.415 (+0.135 at least);
-every run dips over the first ~100 steps (the policy's first noisy steps) before it climbs.
+Seen over seeds 0-4 (split, SFT order, sampling) on this machine: held-out 0.342 -> 0.506, 0.311 -> 0.446,
+0.280 -> 0.415, 0.423 -> 0.513, 0.313 -> 0.373 (+0.060 at least); every run dips over the first ~100 steps (the
+policy's first noisy steps) before it climbs, and the reward is still rising at step 300.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def test_grpo_raises_held_out_accuracy_on_arithmetic(chat_base, tmp_path):
           f"sampled reward {first:.3f} (first 50 steps) -> {last:.3f} (last 50); kl {train[-1]['kl']:.4f}")
     assert m["counts"]["val_prompts"] == len(held_out)
     assert 0.15 <= before <= 0.6, "the start must answer some but not all: groups need reward variance"
-    # seen over 3 seeds: +0.164, +0.135, +0.135 (79 held-out prompts: 0.0127 each); asserted with half of the least
-    assert after >= before + 0.07, m["metrics"]
-    assert last > first + 0.04  # seen +0.086 .. +0.115
+    # seen over 5 seeds: +0.164, +0.135, +0.135, +0.090, +0.060 (~80 held-out prompts: 0.0127 each); half of the least
+    assert after >= before + 0.03, m["metrics"]
+    assert last > first + 0.04  # seen +0.086 .. +0.118
     assert (tmp_path / "grpo" / "reward.png").stat().st_size > 0
