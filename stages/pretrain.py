@@ -7,6 +7,9 @@ checkpoints/step-N/ (the last keep_last, with AdamW state, for resume), metrics.
 A killed run re-run with the same params resumes from its newest checkpoint. Under torchrun
 (nproc_per_node > 1, or Slurm) it trains with DDP, or with FSDP2 (parallel = "fsdp": each rank holds 1/N of the
 weights, gradients and AdamW moments; checkpoints and output are the same files); batch_tokens is the global batch.
+objective = "mlm" pre-trains an encoder instead (llmpipe/train/mlm.py): BERT's masks seeded by (seed, step, rank),
+loss and validation accuracy on the masked tokens, the unigram baseline beside them; exported as ModernBertForMaskedLM
+(AutoModelForMaskedLM) with norm = "layernorm" and mlp = "geglu".
 
     llmpipe pretrain --input runs/pretrain/tokens --tokenizer runs/pretrain/tokenizer --output runs/model --max-steps 50
 """
