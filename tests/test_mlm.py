@@ -167,7 +167,8 @@ def corpus(tmp_path_factory):
 
 def pretrain_encoder(corpus, out: str, steps: int, seed: int = 0):
     run_cli("pretrain", "--input", "tokens", "--tokenizer", "tok", "--output", out, "--max-steps", str(steps), "--seed", str(seed),
-            "--eval-every", str(steps), "--checkpoint-every", str(steps), *ENCODER_FLAGS, cwd=corpus, check=True, env=ONE_THREAD)
+            "--eval-every", str(steps), "--checkpoint-every", str(steps), *ENCODER_FLAGS, cwd=corpus, check=True, env=ONE_THREAD,
+            timeout=1800)
     return json.loads((corpus / out / "_manifest.json").read_text())["metrics"]
 
 
