@@ -56,6 +56,10 @@ def check_checkpoint(checkpoint: str | Path, command: str = "generate", hint: st
     config = path / "config.json"
     if config.is_file() and json.loads(config.read_text()).get("num_labels"):  # a sequence scorer: no lm_head to generate with
         raise InputError(f"{command}: {path} is a reward model (it scores text, it does not write any); {hint}")
+    from llmpipe.encoder import encoder_refusal, is_encoder
+
+    if config.is_file() and is_encoder(json.loads(config.read_text())):
+        raise InputError(f"{command}: {encoder_refusal(path, 'write text')}")
 
 
 def load_for_generation(checkpoint: str | Path, tokenizer: str | Path | None = None, complete: bool = True):

@@ -3,8 +3,10 @@
 Options from the literature switch parts of it (ModelConfig, defaults: the Llama above): positions by ALiBi or
 learned absolute embeddings instead of RoPE (llmpipe/positions.py), RoPE scaled for a longer context (linear, dynamic NTK, YaRN),
 sliding-window attention (optionally alternating with global layers), attention and final logit soft-capping,
-a GELU MLP instead of SwiGLU, a mixture of experts of those MLPs (llmpipe/moe.py). `to_hf()` names the transformers
-architecture computing the same logits (Llama, Mistral, Ministral, Arcee, Mixtral) or, for a combination none computes, says why in `export_blocker()`.
+a GELU MLP instead of SwiGLU, a mixture of experts of those MLPs (llmpipe/moe.py); and a masked-LM encoder (ModernBERT's
+layout: LayerNorm, GeGLU, a norm on the embeddings, BERT's prediction head, bidirectional attention; llmpipe/encoder.py).
+`to_hf()` names the transformers architecture computing the same logits (Llama, Mistral, Ministral, Arcee, Mixtral,
+ModernBERT) or, for a combination none computes, says why in `export_blocker()`.
 
 Parameters carry the Hugging Face Llama names (model.embed_tokens, model.layers.N.self_attn.q_proj,
 ..., model.norm, lm_head) and RoPE uses HF's rotate-half layout, so `state_dict()` saved with
@@ -45,7 +47,8 @@ PRESETS = {
 
 POSITIONS = ("rope", "alibi", "learned")
 ROPE_SCALINGS = ("none", "linear", "dynamic", "yarn")
-MLPS = ("swiglu", "gelu")
+MLPS = ("swiglu", "gelu", "geglu")
+NORMS = ("rmsnorm", "layernorm")
 
 
 @dataclass
@@ -73,7 +76,12 @@ class ModelConfig:
     global_every: int = 0  # with sliding_window: every n-th layer (n, 2n, ...) attends to all positions (Gemma 2: 2); 0: none
     attn_softcap: float = 0.0  # attention scores become cap * tanh(score / cap) (Gemma 2: 50); 0: off
     final_softcap: float = 0.0  # the same on the output logits (Gemma 2: 30)
-    mlp: str = "swiglu"  # swiglu (Llama), or gelu: down(gelu(up(x))), GPT-2's two-matrix MLP
+    mlp: str = "swiglu"  # swiglu (Llama), or gelu: down(gelu(up(x))), GPT-2's two-matrix MLP; or geglu: down(gelu(gate(x)) * up(x))
+    # the encoder's options (pretrain objective "mlm" sets causal false, embed_norm and mlm_head; ModernBERT adds layernorm, geglu)
+    norm: str = "rmsnorm"  # rmsnorm (Llama), or layernorm: LayerNorm without a bias (ModernBERT)
+    embed_norm: bool = False  # a norm on the token embeddings, standing in for layer 0's attention norm (ModernBERT)
+    causal: bool = True  # False: every position attends to every other (an encoder, for masked-LM pre-training)
+    mlm_head: bool = False  # BERT's prediction head before lm_head (dense, exact GELU, norm) and a bias on lm_head
     # mixture of experts (llmpipe/moe.py; exported as Mixtral); 0 experts: the dense MLP
     n_experts: int = 0  # experts per layer, each an MLP of intermediate_size
     experts_per_token: int = 2  # top-k routing
@@ -84,9 +92,11 @@ class ModelConfig:
         self._check_types()
         if self.n_embd % self.n_head or self.n_head % self.n_kv_head:
             raise ValueError(f"n_embd ({self.n_embd}) must divide by n_head ({self.n_head}) and n_head by n_kv_head ({self.n_kv_head})")
-        if self.positions not in POSITIONS or self.rope_scaling not in ROPE_SCALINGS or self.mlp not in MLPS:
-            raise ValueError(f"positions, rope_scaling, mlp: expected one of {POSITIONS}, {ROPE_SCALINGS}, {MLPS}; got "
-                             f"{self.positions!r}, {self.rope_scaling!r}, {self.mlp!r}")
+        if self.positions not in POSITIONS or self.rope_scaling not in ROPE_SCALINGS or self.mlp not in MLPS or self.norm not in NORMS:
+            raise ValueError(f"positions, rope_scaling, mlp, norm: expected one of {POSITIONS}, {ROPE_SCALINGS}, {MLPS}, {NORMS}; got "
+                             f"{self.positions!r}, {self.rope_scaling!r}, {self.mlp!r}, {self.norm!r}")
+        if self.sliding_window and not self.causal:
+            raise ValueError("sliding_window: a window of the positions before each one, for causal attention; an encoder (causal false) has none")
         if self.positions == "rope" and (self.n_embd // self.n_head) % 2:
             raise ValueError(f"head_dim {self.n_embd // self.n_head} must be even for RoPE")
         if self.rope_scaling != "none" and (self.positions != "rope" or self.rope_factor <= 1):
@@ -116,11 +126,12 @@ class ModelConfig:
             value = getattr(self, name)  # softcaps, capacity_factor: 0 means off
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low < value < math.inf or (low < 0 and value < 0):
                 raise ValueError(f"{name}: expected a {'positive' if low == 0 else 'non-negative'} number, got {value!r}"[:200])
-        for name in ("positions", "rope_scaling", "mlp"):
+        for name in ("positions", "rope_scaling", "mlp", "norm"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name}: expected a string, got {getattr(self, name)!r}"[:200])
-        if not isinstance(self.tie_embeddings, bool):
-            raise ValueError(f"tie_embeddings: expected true or false, got {self.tie_embeddings!r}"[:200])
+        for name in ("tie_embeddings", "embed_norm", "causal", "mlm_head"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: expected true or false, got {getattr(self, name)!r}"[:200])
 
     @property
     def head_dim(self) -> int:
@@ -141,8 +152,10 @@ class ModelConfig:
 
     @property
     def fusable(self) -> bool:
-        """Whether the blocks can run as `cpu_ops.block` (RoPE, causal attention without a mask or a cap, a dense SwiGLU)."""
-        return self.positions == "rope" and not self.sliding_window and not self.attn_softcap and self.mlp == "swiglu" and not self.n_experts
+        """Whether the blocks can run as `cpu_ops.block` (RoPE, causal attention without a mask or a cap, RMSNorm before
+        both halves of every block, a dense SwiGLU)."""
+        return (self.positions == "rope" and not self.sliding_window and not self.attn_softcap and self.mlp == "swiglu"
+                and self.norm == "rmsnorm" and self.causal and not self.embed_norm and not self.n_experts)
 
     def export_blocker(self) -> str:
         """Why no transformers architecture computes this model's logits, in one line ('' when one does)."""
@@ -153,10 +166,16 @@ class ModelConfig:
         if self.attn_softcap or self.final_softcap:
             return ("logit soft-capping: transformers has it only in Gemma 2-family models, whose blocks differ from this model's "
                     "(norms after attention and MLP, (1 + w) gains, scaled embeddings, GeGLU)")
-        if self.n_experts and (self.mlp == "gelu" or self.global_every):
-            return "a mixture of experts with a GELU MLP or alternating global layers: transformers' Mixtral has SwiGLU experts and one window"
+        if self.n_experts and (not self.causal or self.norm != "rmsnorm" or self.embed_norm or self.mlm_head):
+            return "a mixture of experts in an encoder (or with LayerNorm): transformers' ModernBERT has one dense MLP per layer"
+        if self.n_experts and (self.mlp != "swiglu" or self.global_every):
+            return "a mixture of experts with a GELU/GeGLU MLP or alternating global layers: transformers' Mixtral has SwiGLU experts and one window"
         if self.mlp == "gelu" and self.sliding_window:
             return "a GELU MLP with sliding-window attention: transformers' Llama with a two-matrix MLP (Arcee) has no sliding window"
+        if not self.causal or self.norm != "rmsnorm" or self.mlp == "geglu" or self.embed_norm or self.mlm_head:
+            from llmpipe.encoder import modernbert_blocker
+
+            return modernbert_blocker(self)
         return ""
 
     def hf_architecture(self) -> tuple[str, str, dict]:
@@ -189,6 +208,10 @@ class ModelConfig:
         the reason under "llmpipe_export_blocker". llmpipe reads either back from the "llmpipe" entry."""
         prefix, model_type, extra = self.hf_architecture()
         blocker = self.export_blocker()
+        if not self.causal and not blocker:  # the encoder: ModernBertForMaskedLM's config (llmpipe/encoder.py)
+            from llmpipe.encoder import modernbert_config
+
+            return modernbert_config(self)
         if blocker:
             prefix, model_type, extra = "Llmpipe", "llmpipe", {"llmpipe_export_blocker": blocker}
         # dynamic NTK scales from transformers' max_position_embeddings on: the context trained at
@@ -222,6 +245,10 @@ class ModelConfig:
         if "llmpipe" in config:
             names = {f.name for f in fields(cls)}
             return cls(**{k: v for k, v in config["llmpipe"].items() if k in names})
+        if config.get("model_type") == "modernbert":
+            from llmpipe.encoder import modernbert_fields
+
+            return cls(**modernbert_fields(config))
         rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
         scaling = rope.get("rope_type", rope.get("type", "default"))
         layer_types = config.get("layer_types") or []
@@ -288,6 +315,20 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    """The norm cfg.norm names: RMSNorm, or LayerNorm without a bias (ModernBERT's norm_bias false)."""
+    return RMSNorm(cfg.n_embd, cfg.norm_eps) if cfg.norm == "rmsnorm" else nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=False)
+
+
+def norm(module: nn.Module, x):
+    """x through a norm as a plain function call (Model.decode): RMSNorm, LayerNorm, or Identity (ModernBERT's layer 0)."""
+    if isinstance(module, RMSNorm):
+        return F.rms_norm(x, (x.shape[-1],), module.weight, module.eps)
+    if isinstance(module, nn.LayerNorm):
+        return F.layer_norm(x, module.normalized_shape, module.weight, module.bias, module.eps)
+    return x
+
+
 class KVCache:
     """One layer's keys and values of the positions seen so far, in buffers [B, K, capacity, D] that grow by doubling:
     a decoding step writes its one position in place, where concatenating would copy the whole cache every step.
@@ -317,10 +358,11 @@ class KVCache:
         self.k, self.v = self.k.index_select(0, rows), self.v.index_select(0, rows)
 
 
-def attend(q, k, v, cache: KVCache | None, mask, gqa: bool, softcap: float = 0.0):
+def attend(q, k, v, cache: KVCache | None, mask, gqa: bool, softcap: float = 0.0, causal: bool = True):
     """Causal attention of q [B, H, T, D] over the cached and new k, v [B, K, T, D] -> [B, H, T, D]; `cache` holds the
     earlier positions and is extended in place; `mask` [B or 1, 1 or H, T, S] from `Model.attention_masks` (a left-padded
-    batch, a sliding window, ALiBi's biases; always given with softcap) replaces plain causal attention."""
+    batch, a sliding window, ALiBi's biases; always given with softcap) replaces plain causal attention; causal False (an
+    encoder): every position attends to every other."""
     T = q.shape[2]
     past = 0
     if cache is not None:
@@ -331,9 +373,9 @@ def attend(q, k, v, cache: KVCache | None, mask, gqa: bool, softcap: float = 0.0
     if mask is not None:
         mask = mask.to(q.dtype) if mask.is_floating_point() else mask  # ALiBi's float biases in bf16 under autocast
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
-    if past == 0:
+    if past == 0 and causal:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-    if T == 1:  # one new token sees every cached position
+    if T == 1 or not causal:  # one new token sees every cached position; an encoder's every position sees every other
         return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
     causal = torch.ones(T, past + T, dtype=torch.bool, device=q.device).tril(diagonal=past)  # several new tokens after a cache
     return F.scaled_dot_product_attention(q, k, v, attn_mask=causal, enable_gqa=gqa)
@@ -352,7 +394,7 @@ def capped_attention(q, k, v, mask, cap: float):
 
 def linear(module: nn.Module, x):
     """x through a projection: F.linear on a plain layer's weight (no module call), else the module (quantized, LoRA)."""
-    return F.linear(x, module.weight) if type(module) is nn.Linear else module(x)
+    return F.linear(x, module.weight, module.bias) if type(module) is nn.Linear else module(x)
 
 
 class Attention(nn.Module):
@@ -360,6 +402,7 @@ class Attention(nn.Module):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         self.softcap = cfg.attn_softcap
+        self.causal = cfg.causal
         self.q_proj = nn.Linear(cfg.n_embd, cfg.n_head * cfg.head_dim, bias=False)
         self.k_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * cfg.head_dim, bias=False)
         self.v_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * cfg.head_dim, bias=False)
@@ -379,17 +422,19 @@ class Attention(nn.Module):
             cos, sin = cos.unsqueeze(-2).to(qkv.dtype), sin.unsqueeze(-2).to(qkv.dtype)  # [(B,) T, 1, D/2]; bf16 under autocast, as HF
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D], [B, K, T, D], [B, K, T, D]
-        y = attend(q, k, v, cache, mask, self.n_kv_head != self.n_head, self.softcap)
+        y = attend(q, k, v, cache, mask, self.n_kv_head != self.n_head, self.softcap, self.causal)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # [B, T, C]
         return self.o_proj(y)
 
 
 class MLP(nn.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x)); with mlp "gelu", GPT-2's down(gelu(up(x))) (no gate_proj; Arcee's names)."""
+    """SwiGLU: down(silu(gate(x)) * up(x)); with mlp "gelu", GPT-2's down(gelu(up(x))) (no gate_proj; Arcee's names); with
+    mlp "geglu", down(gelu(gate(x)) * up(x)) (exact erf GELU, as ModernBERT's hidden_activation "gelu")."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        if cfg.mlp == "swiglu":
+        self.act = F.gelu if cfg.mlp == "geglu" else F.silu
+        if cfg.mlp in ("swiglu", "geglu"):
             self.gate_proj = nn.Linear(cfg.n_embd, cfg.intermediate_size, bias=False)
         self.up_proj = nn.Linear(cfg.n_embd, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.n_embd, bias=False)
@@ -406,15 +451,15 @@ class MLP(nn.Module):
             gate, up = F.linear(x, torch.cat((self.gate_proj.weight, self.up_proj.weight))).chunk(2, dim=-1)
         else:
             gate, up = self.gate_proj(x), self.up_proj(x)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(self.act(gate) * up)
 
 
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.input_layernorm = RMSNorm(cfg.n_embd, cfg.norm_eps)
+        self.input_layernorm = make_norm(cfg)
         self.self_attn = Attention(cfg)
-        self.post_attention_layernorm = RMSNorm(cfg.n_embd, cfg.norm_eps)
+        self.post_attention_layernorm = make_norm(cfg)
         self.mlp = MoE(cfg) if cfg.n_experts else MLP(cfg)
 
     def projections(self) -> tuple[nn.Module, ...]:
@@ -443,7 +488,22 @@ class Decoder(nn.Module):
         if cfg.positions == "learned":  # GPT-2's wpe
             self.embed_positions = nn.Embedding(cfg.max_seq_len, cfg.n_embd)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
+        self.norm = make_norm(cfg)
+        if cfg.embed_norm:  # ModernBERT: the embeddings are normalized, and layer 0 normalizes nothing again
+            self.embed_norm = make_norm(cfg)
+            self.layers[0].input_layernorm = nn.Identity()
+
+
+class MLMHead(nn.Module):
+    """BERT's prediction head between the final norm and lm_head: norm(gelu(dense(x))) (ModernBertPredictionHead)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+        self.norm = make_norm(cfg)
+
+    def forward(self, x):
+        return self.norm(F.gelu(self.dense(x)))
 
 
 class Model(nn.Module):
@@ -454,7 +514,9 @@ class Model(nn.Module):
         if cfg.num_labels:  # HF's LlamaForSequenceClassification: the decoder and `score`, no lm_head
             self.score = nn.Linear(cfg.n_embd, cfg.num_labels, bias=False)
         else:
-            self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+            if cfg.mlm_head:
+                self.head = MLMHead(cfg)
+            self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=cfg.mlm_head)  # ModernBERT's decoder has a bias
             if cfg.tie_embeddings:
                 self.lm_head.weight = self.model.embed_tokens.weight
         self._rope_buffers()
@@ -465,17 +527,22 @@ class Model(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
     @classmethod
-    def from_checkpoint(cls, path, device: str = "cpu") -> "Model":
+    def from_checkpoint(cls, path, device: str = "cpu", encoder: bool = False) -> "Model":
         """The model of a checkpoint directory (llmpipe's, a quantized one, or a Llama checkpoint transformers wrote), weights loaded.
 
         InputError (one line naming the file) when config.json is not a model config or the weights do not fit it; the
-        check runs before any weight is allocated, so a config claiming a huge model cannot exhaust memory."""
+        check runs before any weight is allocated, so a config claiming a huge model cannot exhaust memory. A masked-LM
+        encoder is refused unless `encoder` (generation, evaluation and fine-tuning need a causal LM)."""
         from llmpipe.artifacts.checkpoint import load_checkpoint
+        from llmpipe.encoder import encoder_refusal, from_modernbert, is_encoder, is_modernbert
         from llmpipe.errors import InputError
 
         tensors, config, _, _ = load_checkpoint(path, device=device)
+        if is_encoder(config) and not encoder:
+            raise InputError(encoder_refusal(path, "generate or score text left to right"))
         try:
             cfg = ModelConfig.from_hf(config)
+            tensors = from_modernbert(tensors, cfg) if is_modernbert(config) else tensors
             shapes = cls._shapes(cfg, config.get("quantization"), tensors)
         except ValueError as e:
             raise InputError(f"{Path(path) / 'config.json'}: not a model config llmpipe can load ({e}); re-run the step that wrote it") from None
@@ -516,6 +583,8 @@ class Model(nn.Module):
     def _init_weights(self, module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
 
     def _rope_buffers(self) -> None:
         """RoPE's cos, sin [max_seq_len, D/2] (scaled as cfg.rope_scaling says); empty without RoPE."""
@@ -562,6 +631,7 @@ class Model(nn.Module):
             else:
                 x = block(x, rope, cache[i] if cache is not None else None, masks[i])
         x = self.model.norm(x)
+        x = self.head(x) if cfg.mlm_head else x
         logits = self.score(x) if cfg.num_labels else self.cap(self.lm_head(x))  # [B, T, V] (a scorer's: [B, T, num_labels])
         loss = None
         if targets is not None:
@@ -575,7 +645,8 @@ class Model(nn.Module):
     def embed(self, idx, position):
         """The token embeddings [B, T, C], plus the learned position embeddings with positions "learned"."""
         x = self.model.embed_tokens(idx)
-        return x + self.model.embed_positions(position) if self.config.positions == "learned" else x
+        x = x + self.model.embed_positions(position) if self.config.positions == "learned" else x
+        return self.model.embed_norm(x) if self.config.embed_norm else x
 
     def cap(self, logits):
         """The final logits soft-capped to (-final_softcap, final_softcap) (Gemma 2), or as they are."""
@@ -616,7 +687,7 @@ class Model(nn.Module):
         query = torch.arange(past, past + T, device=idx.device)  # [T]
         key = torch.arange(past + T, device=idx.device)  # [S]
         distance = query[:, None] - key  # [T, S]
-        allowed = distance >= 0
+        allowed = distance >= 0 if cfg.causal else torch.ones_like(distance, dtype=torch.bool)  # an encoder: every key
         if left_pad is not None:  # minus the pads; a pad query sees itself, so no row of the softmax is empty (NaN)
             allowed = allowed & ((key >= left_pad[:, None, None]) | (distance == 0))  # [B, T, S]
         allowed = allowed.view(-1, 1, T, past + T)
@@ -625,7 +696,8 @@ class Model(nn.Module):
             m = allowed & (distance < cfg.sliding_window) if sliding else allowed
             if cfg.positions != "alibi":
                 return m
-            bias = -alibi_slopes(cfg.n_head).to(idx.device)[:, None, None] * distance  # [H, T, S]: the paper's m * -(i - j)
+            apart = distance if cfg.causal else distance.abs()  # an encoder: keys after the query are as far as keys before
+            bias = -alibi_slopes(cfg.n_head).to(idx.device)[:, None, None] * apart  # [H, T, S]: the paper's m * -(i - j)
             return bias.masked_fill(~m, float("-inf"))  # [B or 1, H, T, S]
 
         kinds = {sliding: mask(sliding) for sliding in {cfg.sliding(i) for i in range(cfg.n_layer)}}
@@ -648,6 +720,8 @@ class Model(nn.Module):
         x = F.embedding(idx, self.model.embed_tokens.weight)  # [B, T, C]
         if cfg.positions == "learned":
             x = x + F.embedding(position, self.model.embed_positions.weight)
+        if cfg.embed_norm:
+            x = norm(self.model.embed_norm, x)
         # fp32 on CPU: q, k and v from one GEMM on weights joined once per generation, with each RoPE pair (i, i + D/2)
         # of q and k in adjacent rows, so RoPE is one complex multiply (cpu_ops' layout; q.k is the same in any
         # order of head dimensions shared by q and k, and v keeps its order). A cache made here holds such keys.
@@ -658,7 +732,7 @@ class Model(nn.Module):
             cos, sin = cos.unsqueeze(-2).to(x.dtype), sin.unsqueeze(-2).to(x.dtype)  # [(B,) T, 1, D/2]
         for block, layer, mask in zip(self.model.layers, cache, masks):
             a, m = block.self_attn, block.mlp
-            h = F.rms_norm(x, (cfg.n_embd,), block.input_layernorm.weight, block.input_layernorm.eps)
+            h = norm(block.input_layernorm, x)
             if joined and plain_linears(a.q_proj, a.k_proj, a.v_proj):
                 if layer.qkv_weight is None:
                     rows = cpu_ops._interleaved_rows(H + K, K, D, x.device)[0]
@@ -671,16 +745,17 @@ class Model(nn.Module):
                 qk = qk if cos is None else apply_rope(qk, cos, sin)
                 v = linear(a.v_proj, h).view(B, T, K, D).transpose(1, 2)
             q, k = qk.transpose(1, 2).split([H, K], dim=1)  # [B, H, T, D], [B, K, T, D]
-            y = attend(q, k, v, layer, mask, K != H, a.softcap).transpose(1, 2).reshape(B, T, cfg.n_embd)
+            y = attend(q, k, v, layer, mask, K != H, a.softcap, a.causal).transpose(1, 2).reshape(B, T, cfg.n_embd)
             x = x + linear(a.o_proj, y)
-            h = F.rms_norm(x, (cfg.n_embd,), block.post_attention_layernorm.weight, block.post_attention_layernorm.eps)
+            h = norm(block.post_attention_layernorm, x)
             if cfg.n_experts:  # dropless in evaluation (llmpipe/moe.py)
                 x = x + m(h)
             elif cfg.mlp == "gelu":
                 x = x + linear(m.down_proj, F.gelu(linear(m.up_proj, h)))
             else:
-                x = x + linear(m.down_proj, F.silu(linear(m.gate_proj, h)) * linear(m.up_proj, h))
-        x = F.rms_norm(x[:, -1], (cfg.n_embd,), self.model.norm.weight, self.model.norm.eps)
+                x = x + linear(m.down_proj, m.act(linear(m.gate_proj, h)) * linear(m.up_proj, h))
+        x = norm(self.model.norm, x[:, -1])
+        x = self.head(x) if cfg.mlm_head else x
         return self.cap(linear(self.lm_head, x))
 
     def num_params(self, non_embedding: bool = False) -> int:

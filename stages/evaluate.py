@@ -104,6 +104,10 @@ def plan(params: Params, inputs) -> Plan:
     tasks = eval_tasks(params, inputs)
     model = next(i for i in inputs if is_model(i))
     if Path(model.path, "config.json").is_file():  # made (not an earlier step still to run): its tokenizer is checked now
+        from llmpipe.encoder import encoder_refusal, is_encoder
+
+        if is_encoder(json.loads(Path(model.path, "config.json").read_text())):
+            raise ValueError(f"inputs: {encoder_refusal(model.path, 'be scored left to right (perplexity, log-likelihoods)')}")
         if not has_tokenizer(model.path):
             raise ValueError(f"inputs: {model.path} has no tokenizer.model (or WordPiece tokenizer.json); evaluate reads checkpoints with an llmpipe tokenizer beside the weights")
         check_tokenizer(model.path)

@@ -7,6 +7,9 @@ checkpoints/step-N/ (the last keep_last, with AdamW state, for resume), metrics.
 A killed run re-run with the same params resumes from its newest checkpoint. Under torchrun
 (nproc_per_node > 1, or Slurm) it trains with DDP, or with FSDP2 (parallel = "fsdp": each rank holds 1/N of the
 weights, gradients and AdamW moments; checkpoints and output are the same files); batch_tokens is the global batch.
+objective = "mlm" pre-trains an encoder instead (llmpipe/train/mlm.py): BERT's masks seeded by (seed, step, rank),
+loss and validation accuracy on the masked tokens, the unigram baseline beside them; exported as ModernBertForMaskedLM
+(AutoModelForMaskedLM) with norm = "layernorm" and mlp = "geglu".
 
     llmpipe pretrain --input runs/pretrain/tokens --tokenizer runs/pretrain/tokenizer --output runs/model --max-steps 50
 """
@@ -23,7 +26,8 @@ from llmpipe.train.trackers import check_tracker_names, check_trackers_installed
 MODEL_PRESETS = ("tiny", "small", "124m", "350m")  # the keys of llmpipe.model.PRESETS (importing it would import torch)
 # Params passed to ModelConfig under the same names (llmpipe/model.py has what each does)
 MODEL_OPTIONS = ("positions", "rope_scaling", "rope_factor", "rope_original_max_seq_len", "sliding_window", "global_every",
-                 "attn_softcap", "final_softcap", "mlp", "n_experts", "experts_per_token", "router_aux_loss_coef", "capacity_factor")
+                 "attn_softcap", "final_softcap", "mlp", "norm", "n_experts", "experts_per_token", "router_aux_loss_coef", "capacity_factor")
+ENCODER = {"causal": False, "embed_norm": True, "mlm_head": True}  # objective mlm: the encoder's layout (llmpipe/encoder.py)
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,9 @@ class Params:
     global_every: int = field(default=0, metadata={"help": "With sliding_window: every n-th layer attends to all positions (Gemma 2: 2; exported as Ministral)."})
     attn_softcap: float = field(default=0.0, metadata={"help": "Soft-cap attention scores to (-cap, cap) with tanh (Gemma 2: 50; 0: off; no transformers export)."})
     final_softcap: float = field(default=0.0, metadata={"help": "Soft-cap the output logits likewise (Gemma 2: 30; 0: off; no transformers export)."})
-    mlp: Literal["swiglu", "gelu"] = field(default="swiglu", metadata={"help": "FFN: swiglu (Llama) or gelu (GPT-2's two-matrix MLP; exported as Arcee)."})
+    mlp: Literal["swiglu", "gelu", "geglu"] = field(default="swiglu", metadata={"help": "FFN: swiglu (Llama), gelu (GPT-2's two-matrix MLP; exported as Arcee) or geglu (the gate through GELU: ModernBERT's)."})
+    norm: Literal["rmsnorm", "layernorm"] = field(default="rmsnorm", metadata={"help": "Norm: rmsnorm (Llama) or layernorm (without a bias: ModernBERT's)."})
+    objective: Literal["clm", "mlm"] = field(default="clm", metadata={"help": "clm: next-token prediction (a causal LM); mlm: BERT's masked LM (15% of tokens, 80/10/10) with bidirectional attention, an embedding norm and a prediction head; with norm layernorm and mlp geglu it exports as ModernBertForMaskedLM. Needs a tokenizer with a mask token (train-tokenizer mask_token = true)."})
     n_experts: int = field(default=0, metadata={"help": "Mixture of experts: this many MLPs per layer, each token routed to experts_per_token of them (exported as Mixtral; 0: one dense MLP)."})
     experts_per_token: int = field(default=2, metadata={"help": "With n_experts: the top k experts each token goes to (Mixtral: 2 of 8)."})
     router_aux_loss_coef: float = field(default=0.01, metadata={"help": "With n_experts: weight of the load-balancing loss (Switch: 0.01); metrics.jsonl logs it and each expert's load."})
@@ -102,6 +108,8 @@ def model_config(p: Params, vocab_size: int, special: dict):
     if "n_head" in sizes and "n_kv_head" not in sizes:
         sizes["n_kv_head"] = sizes["n_head"]
     options = {name: getattr(p, name) for name in MODEL_OPTIONS}
+    if getattr(p, "objective", "clm") == "mlm":
+        options |= ENCODER
     return ModelConfig.preset(
         p.model, vocab_size=vocab_size, max_seq_len=p.seq_len, rope_theta=p.rope_theta, tie_embeddings=p.tie_embeddings, **options,
         bos_token_id=special.get("bos", 1), eos_token_id=special.get("eos", 2), pad_token_id=special.get("pad", 3), **sizes,
@@ -122,6 +130,10 @@ def plan(params: Params, inputs) -> Plan:
     tokens = _made_manifest(inputs[0])
     if tokens is not None:
         _check_tokens(params, inputs[0].path, tokens)
+    if tokens is not None and params.objective == "mlm":
+        from llmpipe.train.mlm import mask_token_id
+
+        mask_token_id(tokens.get("special_tokens", {}), inputs[0].path)
     files = ["model.safetensors", "config.json", "metrics.jsonl", "loss.png"]
     if params.tokenizer:
         tok = Path(params.tokenizer)
@@ -207,9 +219,12 @@ def train_on_tokens(ctx, p: Params, objective, name: str) -> dict:
         accum = p.batch_tokens // per_pass
         data = PackedBatches.from_artifact(tokens, "train", seq_len=p.seq_len, batch_size=p.micro_batch * accum, seed=p.seed,
                                            rank=dist.rank, world_size=dist.world_size)
+        masking = _masking(p, manifest, cfg, tokens, name)
 
         def micro_batches(step: int):
             x, y = data.batch(step, dist.device)  # [micro_batch * accum, seq_len] each
+            if masking is not None:  # the masked LM: inputs with BERT's masks, labels at the masked positions only
+                x, y = masking.apply(x, (step, dist.rank))
             for k in range(accum):
                 yield x[k * p.micro_batch:(k + 1) * p.micro_batch], y[k * p.micro_batch:(k + 1) * p.micro_batch]
 
@@ -231,7 +246,14 @@ def train_on_tokens(ctx, p: Params, objective, name: str) -> dict:
                     metrics["val_bpb"] = out["bits_per_byte"]
                 return metrics
 
+            if masking is not None:  # masked-token loss and accuracy, and what a model without context would score
+                from llmpipe.train.mlm import evaluator, unigram_baseline
+
+                eval_fn = evaluator(val, n_eval, masking, dist)
+                baseline = unigram_baseline(data.stream.read(0, min(len(data.stream), 1 << 24)), val, n_eval, masking, dist.rank)
+
         loss_fn, measured = objective(cfg, dist, eval_fn)
+        measured = {**measured, **(baseline if masking is not None and eval_fn is not None else {})}
         optimizer = make_optimizer(model, p.lr, p.weight_decay, device=dist.device)
         loop = LoopConfig(
             max_steps=p.max_steps, grad_clip=p.grad_clip, eval_every=p.eval_every, checkpoint_every=p.checkpoint_every,
@@ -244,6 +266,10 @@ def train_on_tokens(ctx, p: Params, objective, name: str) -> dict:
                       eval_fn=eval_fn, compile=p.compile, trackers=p.trackers)
         state = model_state(model)  # every rank: under FSDP the shards are gathered to rank 0
         if dist.is_main:
+            if hf_config["model_type"] == "modernbert":  # ModernBERT joins q/k/v and gate/up (llmpipe/encoder.py)
+                from llmpipe.encoder import to_modernbert
+
+                state = to_modernbert(state, cfg)
             write_model_dir(ctx.out, state, hf_config, p.tokenizer)
             if cfg.export_blocker():  # trained all the same; said where the checkpoint is written
                 log(f"note: {ctx.out} loads in llmpipe but not in transformers: {cfg.export_blocker()}")
@@ -255,11 +281,28 @@ def train_on_tokens(ctx, p: Params, objective, name: str) -> dict:
         shutdown_distributed()
 
 
+def _masking(p: Params, manifest: dict, cfg, tokens: Path, name: str):
+    """BERT's masking for objective mlm (llmpipe/train/mlm.py), seeded by p.seed; None for the causal LM."""
+    if p.objective != "mlm":
+        return None
+    from llmpipe.errors import InputError
+    from llmpipe.train.mlm import Masking, mask_token_id
+
+    special = manifest.get("special_tokens", {})
+    try:
+        if name != "pretrain":
+            raise ValueError(f"objective mlm: pretrain's; {name} trains a causal LM (objective clm)")
+        mask = mask_token_id(special, str(tokens))
+    except ValueError as e:
+        raise InputError(f"{name} {e}") from None
+    return Masking(mask, cfg.vocab_size, tuple(int(i) for i in special.values()), seed=p.seed)
+
+
 def finalize(ctx, stats: dict, records: dict) -> dict:
     record = records["train"][0]["stats"]
     result = {"counts": record.get("counts", {}), "metrics": record.get("metrics", {}), "world_size": record.get("world_size", 1),
               "stats": {"counts": record.get("counts", {})}}
-    if ctx.params.tokenizer:
+    if ctx.params.tokenizer and ctx.params.objective != "mlm":  # an encoder writes no text
         result["samples"] = samples(ctx.out, ctx.params.tokenizer)
     return result
 

@@ -262,7 +262,7 @@ def finalize(ctx, stats: dict, records: dict) -> dict:
         "vocab_size": tok.vocab_size,
         "tokenizer_sha256": model_sha256(p.tokenizer),  # pretrain refuses another tokenizer with it
         "dtype": np.dtype(token_dtype(tok.vocab_size)).name,
-        "special_tokens": {k: tok.special[k] for k in ("bos", "eos", "pad") if k in tok.special},
+        "special_tokens": {k: tok.special[k] for k in ("bos", "eos", "pad", "mask") if k in tok.special},  # mask: pretrain objective mlm
         "splits": splits,
         "sources": sources,
         "bytes_per_token": round(counts["text_bytes"] / max(1, counts["encoded_tokens"]), 4),  # bos/eos and repeats left out

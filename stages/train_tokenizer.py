@@ -58,6 +58,7 @@ class Params:
     max_sentence_bytes: int = field(default=4192, metadata={"help": "Longer lines are cut at a space below this size (sentencepiece skips longer ones)."})
     holdout_documents: int = field(default=1000, metadata={"help": "Documents kept out of training to measure bytes per token (at most a tenth of the corpus)."})
     seed: int = field(default=0, metadata={"help": "Seed of the document sample."})
+    mask_token: bool = field(default=False, metadata={"help": "Add a <mask> control token (id 8, after the chat roles) for masked-LM pre-training (pretrain objective mlm)."})
     threads: int = field(default=4, metadata={"help": "sentencepiece training threads; the model depends on it, so it is fixed, not the core count."})
 
     def __post_init__(self):
@@ -152,7 +153,7 @@ def train_task(ctx, task: dict) -> dict:
 
     from llmpipe.artifacts.documents import iter_batches
     from llmpipe.artifacts.layout import atomic_path, write_json_atomic
-    from llmpipe.text.tokenizer import CHAT_ROLES, load_tokenizer, special_token_ids, write_hf_files
+    from llmpipe.text.tokenizer import CHAT_ROLES, MASK_TOKEN, load_tokenizer, write_hf_files
 
     p: Params = ctx.params
     holdout_masks, train_masks, sample = _choose(ctx)
@@ -182,7 +183,7 @@ def train_task(ctx, task: dict) -> dict:
             byte_fallback=p.byte_fallback, character_coverage=p.character_coverage, normalization_rule_name=p.normalization,
             remove_extra_whitespaces=False, split_digits=p.split_digits, allow_whitespace_only_pieces=True,
             max_sentence_length=p.max_sentence_bytes, input_sentence_size=0, num_threads=p.threads, minloglevel=2,
-            unk_id=0, bos_id=1, eos_id=2, pad_id=3, control_symbols=[SPECIAL_TOKENS[r] for r in CHAT_ROLES],
+            unk_id=0, bos_id=1, eos_id=2, pad_id=3, control_symbols=[SPECIAL_TOKENS[r] for r in CHAT_ROLES] + [MASK_TOKEN] * p.mask_token,
         )
     except RuntimeError as e:
         error = _user_error(str(e), p, ctx.run["step"], counts["sample_sentences"], sample["sample_documents"])
@@ -191,11 +192,11 @@ def train_task(ctx, task: dict) -> dict:
         raise error from None
     with atomic_path(ctx.out / MODEL_FILE) as tmp:
         tmp.write_bytes(model.getvalue())
-    ids = special_token_ids()
-    write_json_atomic(ctx.out / SPECIAL_FILE, {name: {"id": ids[name], "token": tok} for name, tok in SPECIAL_TOKENS.items()})
+    special = SPECIAL_TOKENS | ({"mask": MASK_TOKEN} if p.mask_token else {})
+    write_json_atomic(ctx.out / SPECIAL_FILE, {name: {"id": i, "token": tok} for i, (name, tok) in enumerate(special.items())})
     write_hf_files(ctx.out, ctx.out / MODEL_FILE, p.model_type)
     tok = load_tokenizer(ctx.out)
-    if [tok.sp.id_to_piece(i) for i in range(len(ids))] != list(SPECIAL_TOKENS.values()):
+    if [tok.sp.id_to_piece(i) for i in range(len(special))] != list(special.values()):
         raise RuntimeError("sentencepiece placed the special tokens at other ids than llmpipe.text.tokenizer defines")
     return {"counts": {**sample, **counts}, "metrics": evaluate(tok, holdout_texts)}
 

@@ -39,6 +39,7 @@ SPECIAL_TOKENS = {
     "system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>", "end": "<|end|>",
 }
 CHAT_ROLES = ("system", "user", "assistant", "end")
+MASK_TOKEN = "<mask>"  # train-tokenizer mask_token = true adds it after the chat roles (id 8): the masked LM's mask
 
 
 def special_token_ids() -> dict[str, int]:
@@ -272,5 +273,6 @@ def write_hf_files(out_dir: Path, model_file: Path, model_type: str) -> None:
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
         "split_special_tokens": True,  # "<s>" or "<unk>" in a text stay text, as in sentencepiece
+        **({"mask_token": MASK_TOKEN} if tok.token_to_id(MASK_TOKEN) is not None else {}),
         "model_max_length": 1 << 30,
     })

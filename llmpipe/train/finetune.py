@@ -81,6 +81,10 @@ def check_chat_checkpoint(path: str, made: bool = True) -> None:
             raise ValueError(f"checkpoint: {path} has no {name}; give a pretrain output or a checkpoint directory transformers loads")
     if json.loads((p / "config.json").read_text()).get("num_labels"):  # a sequence scorer has no lm_head
         raise ValueError(f"checkpoint: {path} is a reward model (a sequence scorer), not a language model; give a pretrain, sft or dpo output")
+    from llmpipe.encoder import encoder_refusal, is_encoder
+
+    if is_encoder(json.loads((p / "config.json").read_text())):
+        raise ValueError(f"checkpoint: {encoder_refusal(path, 'be fine-tuned into a chat model')}")
     check_tokenizer(path)
     role_ids(load_tokenizer(path))
 
