@@ -39,6 +39,7 @@ class Experts(nn.Module):
         super().__init__()
         E, C, I = cfg.n_experts, cfg.n_embd, cfg.intermediate_size
         self.gelu = cfg.mlp == "gelu"
+        self.gate_act = F.gelu if cfg.mlp == "geglu" else F.silu  # a gated MLP: SwiGLU or GeGLU, as model.MLP
         if self.gelu:
             self.up_proj = nn.Parameter(torch.empty(E, I, C))
         else:
@@ -53,7 +54,7 @@ class Experts(nn.Module):
         if self.gelu:
             return F.linear(F.gelu(F.linear(x, self.up_proj[e])), self.down_proj[e])
         gate, up = F.linear(x, self.gate_up_proj[e]).chunk(2, dim=-1)
-        return F.linear(F.silu(gate) * up, self.down_proj[e])
+        return F.linear(self.gate_act(gate) * up, self.down_proj[e])
 
 
 class MoE(nn.Module):

@@ -282,3 +282,23 @@ def test_the_load_balancing_loss_evens_expert_load_on_real_text(tmp_path, shared
     for seed in (0, 1, 2):
         assert results[seed, 0.01] < results[seed, 0.0], results
     assert sum(results[s, 0.01] for s in (0, 1, 2)) < 0.8 * sum(results[s, 0.0] for s in (0, 1, 2)), results
+
+
+@pytest.mark.parametrize("mlp", ["swiglu", "gelu", "geglu"])
+def test_one_expert_is_the_dense_mlp_of_each_kind(mlp):
+    """n_experts 1, top-1: the router's weight is 1, so the model is the dense one with the expert's weights (each MLP
+    kind's activation, GeGLU's included)."""
+    torch.manual_seed(0)
+    shape = dict(n_layer=1, n_embd=32, n_head=2, n_kv_head=2, vocab_size=100, max_seq_len=16, mlp=mlp)
+    moe, dense = Model(ModelConfig(**shape, n_experts=1, experts_per_token=1)).eval(), Model(ModelConfig(**shape)).eval()
+    weights = {k: v for k, v in moe.state_dict().items() if ".mlp." not in k}
+    experts, I = moe.model.layers[0].mlp.experts, moe.config.intermediate_size
+    if mlp == "gelu":
+        weights["model.layers.0.mlp.up_proj.weight"] = experts.up_proj[0]
+    else:
+        weights["model.layers.0.mlp.gate_proj.weight"], weights["model.layers.0.mlp.up_proj.weight"] = experts.gate_up_proj[0].split(I)
+    weights["model.layers.0.mlp.down_proj.weight"] = experts.down_proj[0]
+    dense.load_state_dict(weights, strict=False)
+    x = torch.randint(0, 100, (2, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(moe(x)[0], dense(x)[0], atol=1e-6, rtol=0)  # the dense SwiGLU runs cpu_ops.block: another order of sums
