@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import run_cli
 from tests.test_model import shakespeare_ids
+from tests.test_model_options import trained_looking as moved_off_init
 
 torch = pytest.importorskip("torch")
 
@@ -23,13 +24,7 @@ MASK, SPECIAL = 256, (1, 2, 3)  # byte ids 0-255 are the text; bos/eos/pad and t
 
 
 def trained_looking(**options) -> Model:
-    """A small model with weights moved off their init (norm gains away from 1, a non-zero decoder bias)."""
-    torch.manual_seed(0)
-    model = Model(ModelConfig(**{**BASE, **options})).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model
+    return moved_off_init(BASE, **options)
 
 
 def test_masking_selects_15_percent_and_replaces_80_10_10(shared_data):

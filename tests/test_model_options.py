@@ -41,11 +41,11 @@ ALL = {**{k: v for k, (v, _) in EXPORTABLE.items()}, **NOT_EXPORTABLE,
                                                             "attn_softcap": 20.0, "final_softcap": 10.0, "mlp": "gelu", "n_kv_head": 1}}
 
 
-def trained_looking(**options) -> Model:
-    """A small model with weights moved off their init (norms away from 1, peaked attention), so that a misplaced
-    option shows in the logits."""
+def trained_looking(base: dict = BASE, **options) -> Model:
+    """A small model (`base` with `options`) with weights moved off their init (norms away from 1, peaked attention, a
+    non-zero decoder bias), so that a misplaced option shows in the logits."""
     torch.manual_seed(0)
-    model = Model(ModelConfig(**{**BASE, **options})).eval()
+    model = Model(ModelConfig(**{**base, **options})).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)

@@ -107,10 +107,11 @@ def test_hand_written_array_job_shards_a_stage_command(tmp_path, shared_data):
 
 QUICKSTART = str(REPO / "pipelines" / "pretrain.toml")
 DATA_STEPS = ("ingest", "language", "filter", "dedup", "decontaminate", "tokenizer", "tokens")
-TRAINING_STEPS = ("model", "evaluate", "sft", "dpo", "quantize", "eval_chat", "eval_int8", "report")
+TRAINING_STEPS = ("model", "evaluate", "sft", "dpo", "reward_model", "quantize", "eval_chat", "eval_int8", "report")
 # The training steps shrunk to seconds each (the data steps' params stay as the file has them)
 SHORT_TRAINING = ["--set", "model.max_steps=20", "--set", "sft.max_steps=10", "--set", "sft.eval_every=10",
-                  "--set", "dpo.max_steps=4", "--set", "dpo.eval_every=4"]
+                  "--set", "dpo.max_steps=4", "--set", "dpo.eval_every=4", "--set", "reward_model.max_steps=4",
+                  "--set", "reward_model.eval_every=4"]
 
 
 def summary_rows(stdout: str) -> dict[str, list[str]]:
@@ -156,13 +157,13 @@ def test_quickstart_on_slurm_makes_the_local_data(tmp_path):
     assert slurm_rows["tokens"][2] == "tokens 329,836 train, 9,627 val"
     assert slurm_rows["model"][2].startswith("val bits per byte ")
     assert slurm_rows["dpo"][2].startswith("held-out reward accuracy ")
-    assert slurm.stdout.splitlines()[-1] == "15 submitted, 0 fresh; outputs in runs/pretrain"
+    assert slurm.stdout.splitlines()[-1] == f"{len(DATA_STEPS + TRAINING_STEPS)} submitted, 0 fresh; outputs in runs/pretrain"
     # the training steps ran on the cluster: their jobs' logs, and the report read every step
     assert list((tmp_path / "slurm/runs/pretrain/model/_logs").glob("train-*.out"))
     assert (tmp_path / "slurm/runs/pretrain/report/report.html").stat().st_size > 10_000
 
     again = run_cli("run", QUICKSTART, "--executor", "slurm", *SHORT_TRAINING, cwd=tmp_path / "slurm", check=True, env=env)
-    assert again.stderr.count("fresh, skipped") == 15 and "submitted jobs" not in again.stderr
+    assert again.stderr.count("fresh, skipped") == len(DATA_STEPS + TRAINING_STEPS) and "submitted jobs" not in again.stderr
     assert summary_rows(again.stdout)["tokens"] == ["fresh", "tokens 329,836 train, 9,627 val", "runs/pretrain/tokens"]
 
 
@@ -171,9 +172,9 @@ def our_jobs_in_queue(job_ids: set[str]) -> set[str]:
     return {i for line in res.stdout.splitlines() for i in line.split()} & job_ids
 
 
-def test_ctrl_c_cancels_the_jobs_it_submitted(tmp_path, shared_data):
-    """Ctrl-C while following leaves no job of this run in the queue, so the re-run the message suggests
-    does not submit a second copy of tasks still in flight; that re-run finishes the work."""
+def run_until_every_step_is_submitted(tmp_path, shared_data) -> tuple[subprocess.Popen, list[str]]:
+    """`llmpipe run slurm.toml` (ingest, dedup) left running once it has submitted both steps; the job ids it submitted.
+    local.toml is the same pipeline run locally, to compare with."""
     make_jsonl_corpus(shared_data, tmp_path / "corpus", n_files=4)
     write(tmp_path / "local.toml", PIPELINE.format(name="local", executor="local", repo=REPO))
     write(tmp_path / "slurm.toml", PIPELINE.format(name="slurm", executor="slurm", repo=REPO))
@@ -184,6 +185,13 @@ def test_ctrl_c_cancels_the_jobs_it_submitted(tmp_path, shared_data):
         submitted += re.findall(r"\d+", line.split("submitted jobs", 1)[1].split("(")[0]) if "submitted jobs" in line else []
         if "dedup: submitted jobs" in line:
             break
+    return proc, submitted
+
+
+def test_ctrl_c_cancels_the_jobs_it_submitted(tmp_path, shared_data):
+    """Ctrl-C while following leaves no job of this run in the queue, so the re-run the message suggests
+    does not submit a second copy of tasks still in flight; that re-run finishes the work."""
+    proc, submitted = run_until_every_step_is_submitted(tmp_path, shared_data)
     time.sleep(1)  # some jobs are running by now, the dependent ones pending
     assert our_jobs_in_queue(set(submitted)), "the jobs finished before Ctrl-C; nothing to check"
     proc.send_signal(signal.SIGINT)
@@ -223,6 +231,7 @@ def test_hostile_names_in_generated_slurm_scripts_run_nothing(tmp_path):
     assert not (tmp_path / "runs" / "a\ntouch x").exists() and not list(tmp_path.rglob("x"))
 
 
+@pytest.mark.long  # ~30-50 s of cluster jobs: CI's long run
 def test_a_failed_step_on_slurm_puts_the_previous_artifacts_back(tmp_path, shared_data):
     """As a local run does: submission moved the complete ingest and dedup aside; ingest fails on the cluster, dedup's
     job can never start; both previous artifacts are back in place, byte for byte, the failed run kept to resume."""
@@ -246,19 +255,11 @@ def test_a_failed_step_on_slurm_puts_the_previous_artifacts_back(tmp_path, share
     assert re.search(r"incomplete +ingest \(\d+/\d+ tasks done, kept at \.ingest\.partial after a failed run\)", status), status
 
 
+@pytest.mark.long  # ~30-50 s of cluster jobs: CI's long run
 def test_a_killed_driver_leaves_its_jobs_and_the_rerun_waits_for_them(tmp_path, shared_data):
     """SIGKILL of `llmpipe run` (no chance to cancel): its jobs run on. A re-run while they are queued would submit
     their tasks a second time; it is refused in one line naming them. Once they are gone, the re-run completes."""
-    make_jsonl_corpus(shared_data, tmp_path / "corpus", n_files=4)
-    write(tmp_path / "local.toml", PIPELINE.format(name="local", executor="local", repo=REPO))
-    write(tmp_path / "slurm.toml", PIPELINE.format(name="slurm", executor="slurm", repo=REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "llmpipe", "run", "slurm.toml"], cwd=tmp_path, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
-    submitted = []
-    for line in proc.stderr:
-        submitted += re.findall(r"\d+", line.split("submitted jobs", 1)[1].split("(")[0]) if "submitted jobs" in line else []
-        if "dedup: submitted jobs" in line:
-            break
+    proc, submitted = run_until_every_step_is_submitted(tmp_path, shared_data)
     proc.kill()
     proc.wait()
     left = sorted(our_jobs_in_queue(set(submitted)))
