@@ -57,6 +57,8 @@ class Params:
             raise ValueError(f"num_fewshot: num_fewshot and limit must be at least 0, got {self.num_fewshot} and {self.limit}")
         if self.batch_size < 1 or self.max_new_tokens < 1:
             raise ValueError(f"batch_size: batch_size and max_new_tokens must be at least 1, got {self.batch_size} and {self.max_new_tokens}")
+        if self.max_seq_len < 0:
+            raise ValueError(f"max_seq_len: {self.max_seq_len} is negative; give a context in tokens, or 0 for the model's own")
 
 
 def is_model(inp) -> bool:
@@ -105,23 +107,21 @@ def plan(params: Params, inputs) -> Plan:
     model = next(i for i in inputs if is_model(i))
     if Path(model.path, "config.json").is_file():  # made (not an earlier step still to run): its tokenizer is checked now
         from llmpipe.encoder import encoder_refusal, is_encoder
+        from llmpipe.model import ModelConfig
 
-        if is_encoder(json.loads(Path(model.path, "config.json").read_text())):
+        hf_config = json.loads(Path(model.path, "config.json").read_text())
+        if is_encoder(hf_config):
             raise ValueError(f"inputs: {encoder_refusal(model.path, 'be scored left to right (perplexity, log-likelihoods)')}")
         if not has_tokenizer(model.path):
             raise ValueError(f"inputs: {model.path} has no tokenizer.model (or WordPiece tokenizer.json); evaluate reads checkpoints with an llmpipe tokenizer beside the weights")
         check_tokenizer(model.path)
-        from llmpipe.model import ModelConfig
-
         try:
-            config = ModelConfig.from_hf(json.loads(Path(model.path, "config.json").read_text()))
+            config = ModelConfig.from_hf(hf_config)
         except (ValueError, KeyError, TypeError, AttributeError):
             config = None  # the task's loader says in one line what is wrong with it
         if config and params.max_seq_len > config.max_seq_len and config.positions == "learned":
             raise ValueError(f"max_seq_len: {params.max_seq_len} is past the {config.max_seq_len} learned absolute positions of {model.path}; "
                              "RoPE and ALiBi models extend past their trained context, this one cannot (give at most its trained context)")
-    if params.max_seq_len < 0:
-        raise ValueError(f"max_seq_len: {params.max_seq_len} is negative; give a context in tokens, or 0 for the model's own")
     return Plan(phases=[("evaluate", tasks)], files=["results.json"] + [f"samples/{t['name']}.parquet" for t in tasks])
 
 

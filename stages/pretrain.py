@@ -228,7 +228,7 @@ def train_on_tokens(ctx, p: Params, objective, name: str) -> dict:
             for k in range(accum):
                 yield x[k * p.micro_batch:(k + 1) * p.micro_batch], y[k * p.micro_batch:(k + 1) * p.micro_batch]
 
-        eval_fn = None  # no validation split: train loss only
+        eval_fn, baseline = None, {}  # no validation split: train loss only
         if "val" in manifest.get("splits", {}) and manifest["splits"]["val"]["tokens"] > p.seq_len * p.micro_batch * dist.world_size:
             val = PackedBatches(split_shards(tokens, "val"), seq_len=p.seq_len, batch_size=p.micro_batch, seed=0,
                                 rank=dist.rank, world_size=dist.world_size, shuffle=False)
@@ -253,7 +253,7 @@ def train_on_tokens(ctx, p: Params, objective, name: str) -> dict:
                 baseline = unigram_baseline(data.stream.read(0, min(len(data.stream), 1 << 24)), val, n_eval, masking, dist.rank)
 
         loss_fn, measured = objective(cfg, dist, eval_fn)
-        measured = {**measured, **(baseline if masking is not None and eval_fn is not None else {})}
+        measured = {**measured, **baseline}
         optimizer = make_optimizer(model, p.lr, p.weight_decay, device=dist.device)
         loop = LoopConfig(
             max_steps=p.max_steps, grad_clip=p.grad_clip, eval_every=p.eval_every, checkpoint_every=p.checkpoint_every,
