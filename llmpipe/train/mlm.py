@@ -13,7 +13,7 @@ Draws happen on the CPU (torch's generators differ between devices) and the resu
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -39,12 +39,12 @@ class Masking:
     special_ids: tuple[int, ...]  # never selected and never drawn as the random replacement (the mask id among them)
     seed: int = 0
     rate: float = MASK_RATE
-    _ordinary: torch.Tensor = field(init=False, repr=False)
+    ordinary: torch.Tensor = field(init=False, repr=False)  # the ids that may be selected or drawn as a replacement
 
     def __post_init__(self):
         keep = torch.ones(self.vocab_size, dtype=torch.bool)
         keep[[i for i in {*self.special_ids, self.mask_id} if 0 <= i < self.vocab_size]] = False
-        self._ordinary = keep.nonzero().squeeze(1)  # the ids a random replacement is drawn from
+        self.ordinary = keep.nonzero().squeeze(1)
 
     def generator(self, key) -> torch.Generator:
         """A CPU generator seeded by (seed, *key) through numpy's SeedSequence (no collisions between nearby keys)."""
@@ -58,7 +58,7 @@ class Masking:
         selectable = ~torch.isin(x, torch.tensor([*self.special_ids, self.mask_id]))
         selected = (torch.rand(x.shape, generator=g) < self.rate) & selectable
         how = torch.rand(x.shape, generator=g)
-        randoms = self._ordinary[torch.randint(len(self._ordinary), x.shape, generator=g)]
+        randoms = self.ordinary[torch.randint(len(self.ordinary), x.shape, generator=g)]
         inputs = torch.where(selected & (how < MASK_SHARE), self.mask_id, x)
         inputs = torch.where(selected & (how >= MASK_SHARE) & (how < MASK_SHARE + RANDOM_SHARE), randoms, inputs)
         labels = torch.where(selected, x, -1)
@@ -78,7 +78,7 @@ def masked_sums(model, inputs, labels) -> torch.Tensor:
 def evaluator(val, steps: int, masking: "Masking", dist):
     """pretrain's eval_fn for the masked LM: masked-token loss (val_loss) and accuracy (val_mlm_acc) on `steps` held-out
     batches of `val` (PackedBatches), masked with VAL_SEED, summed over DDP ranks."""
-    held_out = Masking(masking.mask_id, masking.vocab_size, masking.special_ids, VAL_SEED, masking.rate)
+    held_out = replace(masking, seed=VAL_SEED)
 
     def eval_fn(m):
         sums = sum(masked_sums(m, *held_out.apply(val.batch(s, dist.device)[0], (s, dist.rank))) for s in range(steps))
@@ -93,11 +93,12 @@ def unigram_baseline(train_tokens: np.ndarray, val, steps: int, masking: "Maskin
     """The accuracy at the held-out masked positions (as `evaluator` masks them) of a model that knows no context:
     always the most frequent ordinary training token (val_unigram_acc), and a guess drawn from the training
     unigram distribution (val_unigram_sample_acc, its expectation: sum over positions of p(label))."""
-    counts = np.bincount(train_tokens, minlength=masking.vocab_size).astype(np.float64)
-    counts[[i for i in {*masking.special_ids, masking.mask_id} if 0 <= i < masking.vocab_size]] = 0
+    counts = np.zeros(masking.vocab_size)
+    ordinary = masking.ordinary.numpy()
+    counts[ordinary] = np.bincount(train_tokens, minlength=masking.vocab_size)[ordinary]
     p = counts / counts.sum()
     top = int(p.argmax())
-    held_out = Masking(masking.mask_id, masking.vocab_size, masking.special_ids, VAL_SEED, masking.rate)
+    held_out = replace(masking, seed=VAL_SEED)
     labels = torch.cat([held_out.apply(val.batch(s)[0], (s, rank))[1].flatten() for s in range(steps)])
     labels = labels[labels != -1].numpy()
     return {"val_unigram_acc": float((labels == top).mean()), "val_unigram_sample_acc": float(p[labels].mean())}
