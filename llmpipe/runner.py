@@ -122,6 +122,10 @@ def headline(manifest: dict) -> str:
         return f"val bits per byte {metrics['val_bpb']:.3f}"
     if "eval_rewards/accuracies" in metrics:  # dpo: what the held-out pairs say
         return f"held-out reward accuracy {metrics.get('eval_rewards/accuracies_before', 0):.2f} -> {metrics['eval_rewards/accuracies']:.2f}"
+    if "eval_accuracy" in metrics:  # reward-model: held-out pairs ranked right; grpo: held-out answers right
+        return f"held-out accuracy {metrics.get('eval_accuracy_before', 0):.2f} -> {metrics['eval_accuracy']:.2f}"
+    if "val_mlm_acc" in metrics:  # a masked-LM encoder beside what a model without context scores
+        return f"masked-token accuracy {metrics['val_mlm_acc']:.3f} (unigram {metrics.get('val_unigram_acc', 0):.3f})"
     if "val_loss_before" in metrics:  # sft: held-out loss on the assistant's tokens
         return f"held-out answer loss {metrics['val_loss_before']:.2f} -> {metrics['val_loss']:.2f}"
     if manifest.get("output_kind") == "evaluation":  # the first figure of each task: bits per byte, acc or exact match

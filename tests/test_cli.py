@@ -103,3 +103,16 @@ def test_cli_and_library_make_the_same_artifact(tmp_path, monkeypatch):
     ra, rb = rows(tmp_path / "a"), rows(tmp_path / "b")
     assert ra == rb
     assert [r["text"] for r in ra] == ["hello world", "a longer document here", "hello world"]
+
+
+@pytest.mark.parametrize("metrics, line", [
+    ({"val_loss_before": 0.73, "val_loss": 0.14, "eval_accuracy_before": 0.137, "eval_accuracy": 0.973}, "held-out accuracy 0.14 -> 0.97"),
+    ({"val_loss_before": 6.37, "val_loss": 4.69}, "held-out answer loss 6.37 -> 4.69"),
+    ({"val_loss": 5.1, "val_mlm_acc": 0.2154, "val_unigram_acc": 0.0831}, "masked-token accuracy 0.215 (unigram 0.083)"),
+])
+def test_the_run_summary_headline_names_each_training_stage_figure(metrics, line):
+    """reward-model and grpo report held-out accuracy (not the sft answer loss their val_loss_before would give), an
+    encoder its masked-token accuracy."""
+    from llmpipe.runner import headline
+
+    assert headline({"output_kind": "checkpoint", "metrics": metrics}) == line
