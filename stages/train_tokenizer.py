@@ -32,7 +32,7 @@ import hashlib
 import io
 import re
 from dataclasses import dataclass, field
-from typing import Iterator, Literal
+from typing import Callable, Iterator, Literal
 
 import numpy as np
 
@@ -161,7 +161,9 @@ def train_task(ctx, task: dict) -> dict:
     holdout_texts: list[str] = []
     counts = {"sample_sentences": 0}
 
-    def sentences() -> Iterator[str]:
+    def sentences() -> Iterator[str]:  # each pass over the sample counts afresh (WordPiece reads it twice)
+        holdout_texts.clear()
+        counts["sample_sentences"] = 0
         for part, hold, train in zip(parts, holdout_masks, train_masks):
             offset = 0
             for batch in iter_batches(part, ["text"]):
@@ -175,7 +177,7 @@ def train_task(ctx, task: dict) -> dict:
                 offset += batch.num_rows
 
     if p.model_type == "wordpiece":
-        return _train_wordpiece(ctx, sentences(), holdout_texts, sample, counts)
+        return _train_wordpiece(ctx, sentences, holdout_texts, sample, counts)
     model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
@@ -201,7 +203,7 @@ def train_task(ctx, task: dict) -> dict:
     return {"counts": {**sample, **counts}, "metrics": evaluate(tok, holdout_texts)}
 
 
-def _train_wordpiece(ctx, sentences: Iterator[str], holdout_texts: list[str], sample: dict, counts: dict) -> dict:
+def _train_wordpiece(ctx, sentences: Callable[[], Iterator[str]], holdout_texts: list[str], sample: dict, counts: dict) -> dict:
     """WordPieceTrainer on the same sample; bytes per token on the same held-out documents."""
     from llmpipe.errors import InputError
     from llmpipe.text import wordpiece

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -33,28 +33,31 @@ SPECIAL_TOKENS = {
 CHAT_ROLES = ("system", "user", "assistant", "end")
 
 
-def train(sentences: Iterable[str], vocab_size: int, lowercase: bool, split_digits: bool):
-    """A trained `tokenizers.Tokenizer`; the chat roles are added tokens transformers matches in text (as for BPE)."""
-    from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+def train(sentences: Callable[[], Iterable[str]], vocab_size: int, lowercase: bool, split_digits: bool):
+    """A trained `tokenizers.Tokenizer` on the sentences `sentences()` yields (read twice); the chat roles are added
+    tokens transformers matches in text (as for BPE).
 
-    tok = HFTokenizer(models.WordPiece(unk_token=SPECIAL_TOKENS["unk"], continuing_subword_prefix="##"))
-    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase)
-    bert = pre_tokenizers.BertPreTokenizer()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([bert, pre_tokenizers.Digits(individual_digits=True)]) if split_digits else bert
-    tok.decoder = decoders.WordPiece(prefix="##")
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()), continuing_subword_prefix="##",
-                                        show_progress=False)
-    tok.train_from_iterator(sentences, trainer)
-    # the trainer numbers pieces in the order of a Rust HashMap, which differs from run to run (the set of pieces does
-    # not); WordPiece segments by the set alone, so number them in a fixed order: special tokens, then by length and text
-    vocab = tok.get_vocab(with_added_tokens=False)
-    n_special = len(SPECIAL_TOKENS)
-    if [vocab.get(t) for t in SPECIAL_TOKENS.values()] != list(range(n_special)):
+    The same text always gives the same pieces, which WordPieceTrainer alone does not promise (tokenizers#1794): it
+    numbers each "##c" piece when it first meets it in a hash map of words, whose order changes from run to run, and
+    breaks ties between equally frequent pairs by those numbers. A first pass that stops before any merge finds the
+    "##c" pieces; the second pass is given them, sorted, ahead of the alphabet, so their numbers are fixed.
+    """
+    from tokenizers import AddedToken, processors
+
+    specials = list(SPECIAL_TOKENS.values())
+    probe = _untrained(lowercase, split_digits)
+    probe.train_from_iterator(sentences(), _trainer(len(specials), specials))
+    continuing = sorted(p for p in probe.get_vocab(with_added_tokens=False) if p.startswith("##") and len(p) == 3)
+    trained = _untrained(lowercase, split_digits)
+    trained.train_from_iterator(sentences(), _trainer(vocab_size, specials + continuing))
+    vocab = trained.get_vocab(with_added_tokens=False)
+    if [vocab.get(t) for t in specials] != list(range(len(specials))):
         raise RuntimeError("WordPieceTrainer placed the special tokens at other ids than llmpipe.text.wordpiece defines")
-    rest = sorted((p for p, i in vocab.items() if i >= n_special), key=lambda p: (len(p.removeprefix("##")), p.startswith("##"), p))
-    ordered = [*SPECIAL_TOKENS.values(), *rest]  # the trainer gave the special tokens these ids already
-    tok.model = models.WordPiece({p: i for i, p in enumerate(ordered)},
-                                 unk_token=SPECIAL_TOKENS["unk"], continuing_subword_prefix="##")
+    # number the pieces in a fixed order (WordPiece segments by the set of pieces alone): special tokens, then by length
+    # and text; a fresh tokenizer, so the "##c" pieces are ordinary pieces, not the added tokens the trainer made them
+    rest = sorted((p for p, i in vocab.items() if i >= len(specials)), key=lambda p: (len(p.removeprefix("##")), p.startswith("##"), p))
+    tok = _untrained(lowercase, split_digits, {p: i for i, p in enumerate(specials + rest)})
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
     roles = [SPECIAL_TOKENS[r] for r in CHAT_ROLES]
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in roles])  # matched in text: HF chat templates render them
     cls, sep = SPECIAL_TOKENS["bos"], SPECIAL_TOKENS["eos"]
@@ -62,6 +65,24 @@ def train(sentences: Iterable[str], vocab_size: int, lowercase: bool, split_digi
         single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
         special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))])
     return tok
+
+
+def _untrained(lowercase: bool, split_digits: bool, vocab: dict[str, int] | None = None):
+    """BERT's WordPiece tokenizer around `vocab` (none yet, for training)."""
+    from tokenizers import Tokenizer as HFTokenizer, decoders, models, normalizers, pre_tokenizers
+
+    tok = HFTokenizer(models.WordPiece(vocab, unk_token=SPECIAL_TOKENS["unk"], continuing_subword_prefix="##"))
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase)
+    bert = pre_tokenizers.BertPreTokenizer()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([bert, pre_tokenizers.Digits(individual_digits=True)]) if split_digits else bert
+    tok.decoder = decoders.WordPiece(prefix="##")
+    return tok
+
+
+def _trainer(vocab_size: int, special_tokens: list[str]):
+    from tokenizers import trainers
+
+    return trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special_tokens, continuing_subword_prefix="##", show_progress=False)
 
 
 def write_files(out_dir: Path, tok) -> None:
