@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,13 @@ def run_cli(*args: str, cwd: Path, check: bool = False, timeout: float = 600, en
     if check and res.returncode != 0:
         raise AssertionError(f"llmpipe {' '.join(args)} exited {res.returncode}:\n{res.stdout}\n{res.stderr}")
     return res
+
+
+def ctrl_c_reaches_it() -> None:
+    """Popen's preexec_fn for a child a test interrupts: SIGINT back to its default. A shell starts a background job
+    with SIGINT ignored, a child inherits that, and Python then never raises KeyboardInterrupt: run from such a job,
+    the Ctrl-C tests would see the run go on as if nothing was pressed."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def write(path: Path, text: str) -> Path:

@@ -17,7 +17,7 @@ import pytest
 
 import llmpipe
 from llmpipe.errors import InputError
-from tests.conftest import REPO
+from tests.conftest import REPO, ctrl_c_reaches_it
 from tests.test_errors import _one_line_error
 
 pytest.importorskip("torch")
@@ -312,7 +312,7 @@ def _terminal(ckpts: Path, keys: list[str]) -> tuple[int | None, str]:
     main, child = pty.openpty()
     proc = subprocess.Popen([sys.executable, "-m", "llmpipe", "chat", str(ckpts / "chat")], stdin=child, stdout=child, stderr=child,
                             cwd=ckpts, env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True,
-                            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))  # so Ctrl-C is a SIGINT, as in a shell
+                            preexec_fn=lambda: (fcntl.ioctl(0, termios.TIOCSCTTY, 0), ctrl_c_reaches_it()))  # Ctrl-C: a SIGINT, as in a shell
     os.close(child)
     screen, keys, deadline = "", list(keys), time.monotonic() + 60
     try:

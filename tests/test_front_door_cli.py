@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_jsonl_corpus, run_cli, write
+from tests.conftest import ctrl_c_reaches_it, make_jsonl_corpus, run_cli, write
 from tests.test_errors import DOCS, HEAD, _one_line_error, _run_pipeline
 
 THREE_STEPS = HEAD + """[steps.ingest]
@@ -109,7 +109,7 @@ def test_ctrl_c_prints_one_line_and_no_worker_tracebacks(tmp_path, shared_data):
     make_jsonl_corpus(shared_data, tmp_path / "corpus", n_files=6, copies=150)
     write(tmp_path / "p.toml", '[pipeline]\nworkdir = "runs/p"\nworkers = 2\n\n[steps.ingest]\ninputs = ["corpus/*.jsonl"]\n\n[steps.dedup]\ninputs = ["ingest"]\n')
     proc = subprocess.Popen([sys.executable, "-m", "llmpipe", "run", "p.toml"], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=ctrl_c_reaches_it)
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None and not (tmp_path / "runs/p/ingest/_run.json").exists():
         time.sleep(0.01)

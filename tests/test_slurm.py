@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from llmpipe.artifacts.verify import STAMP
-from tests.conftest import REPO, SLURM_MARKS, make_jsonl_corpus, run_cli, write
+from tests.conftest import REPO, SLURM_MARKS, ctrl_c_reaches_it, make_jsonl_corpus, run_cli, write
 from tests.test_resume import rows
 
 
@@ -179,7 +179,7 @@ def run_until_every_step_is_submitted(tmp_path, shared_data) -> tuple[subprocess
     write(tmp_path / "local.toml", PIPELINE.format(name="local", executor="local", repo=REPO))
     write(tmp_path / "slurm.toml", PIPELINE.format(name="slurm", executor="slurm", repo=REPO))
     proc = subprocess.Popen([sys.executable, "-m", "llmpipe", "run", "slurm.toml"], cwd=tmp_path, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, preexec_fn=ctrl_c_reaches_it)
     submitted = []
     for line in proc.stderr:
         submitted += re.findall(r"\d+", line.split("submitted jobs", 1)[1].split("(")[0]) if "submitted jobs" in line else []
