@@ -14,7 +14,8 @@ columns after a block applied lazily. Two choices differ, both to keep storage s
 
 The model is quantized block by block with calibration activations that have gone through the blocks
 already quantized, and inside a block in the order the inputs arise (q/k/v, o, gate/up, down: the
-reference's true_sequential).
+reference's true_sequential). A mixture's experts are quantized one by one, each from the tokens the
+router sent it (`stages_of`).
 """
 
 from __future__ import annotations
@@ -96,39 +97,67 @@ STAGES_OF_A_BLOCK = (
 )
 
 
+def stages_of(block) -> list[list[tuple[tuple[str, ...], str, str]]]:
+    """A block's stages in the order their inputs arise: in each, the (projections, source, side) whose inputs one pass
+    over the calibration batches collects. A mixture's experts (llmpipe.moe.LinearExperts) each take their input from
+    themselves, so each expert's Hessian holds only the tokens routed to it (as GPTQ for Mixtral does)."""
+    from llmpipe.moe import PROJECTIONS, LinearExperts
+
+    stages = [[stage] for stage in STAGES_OF_A_BLOCK]
+    experts = getattr(block.mlp, "experts", None)
+    if isinstance(experts, LinearExperts):
+        for projection in (p for p in PROJECTIONS if hasattr(experts, p)):
+            names = [f"mlp.experts.{projection}.{e}" for e in range(len(getattr(experts, projection)))]
+            stages.append([((name,), name, "input") for name in names])
+    return stages
+
+
 @torch.no_grad()
 def gptq_model(model, batches: list[torch.Tensor], names: list[str], bits: int, group_size: int, symmetric: bool,
                damp: float = 0.01, act_order: bool = False, log=None) -> dict:
     """GPTQ of the named linear layers of `model` (eval, fp32) on calibration token batches [b, T] each.
 
-    Returns name -> (q, scale, zero); the model's weights are left replaced by their quantized values."""
+    Returns name -> (q, scale, zero); the model's weights are left replaced by their quantized values. A layer no
+    calibration token reached (an expert the router never chose) is rounded to nearest: GPTQ would zero its weights
+    as dead inputs."""
+    from llmpipe.quant import dequantize, quantize_rtn
+
     targets, result = set(names), {}
 
-    def quantize(name: str, hessian: torch.Tensor) -> None:
+    def quantize(name: str, acc: "HessianSum") -> None:
         linear = model.get_submodule(name)
-        q, s, z = gptq_quantize(linear.weight, hessian, bits, group_size, symmetric, damp, act_order)
-        linear.weight.copy_(((q.view(q.shape[0], s.shape[1], -1) - z[..., None]) * s[..., None]).view_as(q))
+        if acc.n:
+            q, s, z = gptq_quantize(linear.weight, acc.value, bits, group_size, symmetric, damp, act_order)
+        else:
+            q, s, z = quantize_rtn(linear.weight.detach(), bits, group_size, symmetric)
+            if log:
+                log(f"gptq: no calibration token reached {name}; rounded to nearest")
+        linear.weight.copy_(dequantize(q, s, z))
         result[name] = (q, s, z)
 
     position = model.positions(batches[0], 0)  # the model's positions and masks: its options (ALiBi, windows) hold here too
     rope, masks = model.rope(position, 0), model.attention_masks(batches[0], 0)
     hidden = [model.embed(x, position) for x in batches]
     for i, block in enumerate(model.model.layers):
-        for projections, source, side in STAGES_OF_A_BLOCK:
-            wanted = [f"model.layers.{i}.{p}" for p in projections if f"model.layers.{i}.{p}" in targets]
-            if not wanted:
+        for stage in stages_of(block):
+            feeds = []  # (Hessian, the layers it is for, the module whose input or output it reads, which)
+            for projections, source, side in stage:
+                wanted = [f"model.layers.{i}.{p}" for p in projections if f"model.layers.{i}.{p}" in targets]
+                if wanted:
+                    feeds.append((HessianSum(model.get_submodule(wanted[0]).in_features), wanted, block.get_submodule(source), side))
+            if not feeds:
                 continue
-            acc = HessianSum(model.get_submodule(wanted[0]).in_features)
-            module = block.get_submodule(source)
-            hook = (module.register_forward_hook(lambda m, inp, out: acc.add(out)) if side == "output"
-                    else module.register_forward_pre_hook(lambda m, inp: acc.add(inp[0])))
+            hooks = [module.register_forward_hook(lambda m, inp, out, acc=acc: acc.add(out)) if side == "output"
+                     else module.register_forward_pre_hook(lambda m, inp, acc=acc: acc.add(inp[0])) for acc, _, module, side in feeds]
             try:
                 for h in hidden:
                     block(h, rope, None, masks[i])
             finally:
-                hook.remove()
-            for name in wanted:
-                quantize(name, acc.value)
+                for hook in hooks:
+                    hook.remove()
+            for acc, wanted, _, _ in feeds:
+                for name in wanted:
+                    quantize(name, acc)
         hidden = [block(h, rope, None, masks[i]) for h in hidden]
         if log:
             log(f"gptq: block {i + 1}/{len(model.model.layers)} quantized")
@@ -136,5 +165,5 @@ def gptq_model(model, batches: list[torch.Tensor], names: list[str], bits: int, 
         acc = HessianSum(model.config.n_embd)
         for h in hidden:
             acc.add(model.model.norm(h))
-        quantize("lm_head", acc.value)
+        quantize("lm_head", acc)
     return result

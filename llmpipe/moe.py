@@ -49,12 +49,50 @@ class Experts(nn.Module):
         nn.init.normal_(self.up_proj if self.gelu else self.gate_up_proj, std=0.02)
         nn.init.normal_(self.down_proj, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
+    def project(self, name: str, e: int, x):
+        """Expert e's projection `name` (gate_up_proj, up_proj or down_proj) of x."""
+        return F.linear(x, getattr(self, name)[e])
+
     def forward(self, e: int, x):
         """Expert e's MLP of x [n, C] -> [n, C] (model.MLP's formulas)."""
         if self.gelu:
-            return F.linear(F.gelu(F.linear(x, self.up_proj[e])), self.down_proj[e])
-        gate, up = F.linear(x, self.gate_up_proj[e]).chunk(2, dim=-1)
-        return F.linear(self.gate_act(gate) * up, self.down_proj[e])
+            return self.project("down_proj", e, F.gelu(self.project("up_proj", e, x)))
+        gate, up = self.project("gate_up_proj", e, x).chunk(2, dim=-1)
+        return self.project("down_proj", e, self.gate_act(gate) * up)
+
+
+class LinearExperts(Experts):
+    """The same experts as one nn.Linear per expert and projection (`mlp.experts.gate_up_proj.3`), for quantization:
+    each becomes a QuantLinear of its own (llmpipe/quant.py), and under GPTQ each sees only the tokens routed to it
+    (llmpipe/gptq.py). The linears' weights are views of the 3-D tensors, so splitting costs no memory."""
+
+    def __init__(self, experts: Experts):
+        nn.Module.__init__(self)  # not Experts.__init__: the weights are `experts`', not new ones
+        self.gelu, self.gate_act = experts.gelu, experts.gate_act
+        for name in PROJECTIONS:
+            if hasattr(experts, name):
+                weight = getattr(experts, name)  # [E, out, in]
+                setattr(self, name, nn.ModuleList(_linear(w) for w in weight.detach()))
+
+    def project(self, name: str, e: int, x):
+        return getattr(self, name)[e](x)
+
+
+PROJECTIONS = ("gate_up_proj", "up_proj", "down_proj")  # in the order an expert's inputs arise (GPTQ's order)
+
+
+def _linear(weight: torch.Tensor) -> nn.Linear:
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+    layer.weight = nn.Parameter(weight, requires_grad=False)
+    return layer
+
+
+def split_experts(model) -> int:
+    """Every MoE layer's experts as LinearExperts (for quantization); the number of MoE layers."""
+    layers = [m for m in model.modules() if isinstance(m, MoE) and not isinstance(m.experts, LinearExperts)]
+    for m in layers:
+        m.experts = LinearExperts(m.experts)
+    return len(layers)
 
 
 class MoE(nn.Module):

@@ -201,10 +201,16 @@ class QuantLinear(nn.Module):
 
 
 def target_names(model, quantize_lm_head: bool = False) -> list[str]:
-    """Names of the linear layers a scheme quantizes: every block projection, and lm_head when asked."""
-    names = [f"model.layers.{i}.{'self_attn' if n.endswith(('q_proj', 'k_proj', 'v_proj', 'o_proj')) else 'mlp'}.{n}"
-             for i in range(len(model.model.layers)) for n in LINEAR_NAMES]
-    names = [n for n in names if n in dict(model.named_modules())]  # a GELU MLP has no gate_proj
+    """Names of the linear layers a scheme quantizes: every block projection, each expert's of a mixture (after
+    llmpipe.moe.split_experts; the router stays float, as in GPTQ and llama.cpp's MoE quantization), and lm_head when
+    asked; block by block, in the order their inputs arise."""
+    modules = dict(model.named_modules())
+    names = []
+    for i in range(len(model.model.layers)):
+        block = f"model.layers.{i}."
+        names += [n for n in (f"{block}{'self_attn' if n.endswith(('q_proj', 'k_proj', 'v_proj', 'o_proj')) else 'mlp'}.{n}"
+                              for n in LINEAR_NAMES) if n in modules]  # a GELU MLP has no gate_proj, a mixture none of these
+        names += [n for n, m in modules.items() if n.startswith(f"{block}mlp.experts.") and isinstance(m, nn.Linear)]
     return names + (["lm_head"] if quantize_lm_head else [])
 
 
@@ -219,6 +225,10 @@ def swap_quantized_linears(model: nn.Module, spec: dict) -> None:
     The block projections then run as modules, not through the fused CPU path (`plain_linears` in model.py)."""
     if spec.get("format") != "llmpipe" or spec.get("bits") not in (4, 8):
         raise ValueError(f"quantization: unknown scheme {spec!r} (llmpipe reads its own int8/int4 format)")
+    if any(".mlp.experts." in name for name in spec["modules"]):
+        from llmpipe.moe import split_experts
+
+        split_experts(model)
     for name in spec["modules"]:
         old = model.get_submodule(name)
         new = QuantLinear(old.in_features, old.out_features, spec["bits"], spec.get("group_size", 0), spec.get("symmetric", True))

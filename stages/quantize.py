@@ -5,7 +5,8 @@ tokenizer). Output: a checkpoint directory like every other (config.json, model.
 tokenizer files) whose block projections (and lm_head with quantize_lm_head) are stored as integers
 with float16 scales (llmpipe/quant.py has the layout) and whose config.json names the scheme under
 `quantization`; `Model.from_checkpoint`, and so `llmpipe generate`, `chat` and `evaluate`, load it as
-it is. Embeddings and norms stay float.
+it is. A mixture of experts has each expert's projections quantized as layers of their own
+(`mlp.experts.gate_up_proj.3`); embeddings, norms and the router stay float.
 
 Schemes: int8 per output channel, symmetric; int4 in groups of group_size input features, asymmetric
 with zero points (or symmetric), by round-to-nearest (rtn) or by GPTQ (method = "gptq"), which reads
@@ -173,6 +174,7 @@ def quantize_task(ctx, task: dict) -> dict:
     from llmpipe.errors import InputError
     from llmpipe.log import log
     from llmpipe.model import Model
+    from llmpipe.moe import split_experts
     from llmpipe.quant import QuantLinear, quantize_rtn, set_module, target_names
 
     p: Params = ctx.params
@@ -185,6 +187,7 @@ def quantize_task(ctx, task: dict) -> dict:
         log(f"note: the quantized {path.name} loads in llmpipe but not in transformers: {config['llmpipe_export_blocker']}")
     t0 = time.time()
     model = Model.from_checkpoint(path).eval()
+    split_experts(model)  # a mixture's experts are quantized one by one
     names = target_names(model, p.quantize_lm_head)
     if p.quantize_lm_head and model.lm_head.weight is model.model.embed_tokens.weight:  # the embedding stays float
         model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
