@@ -117,9 +117,14 @@ def train_task(ctx, task: dict) -> dict:
         model = Model.from_checkpoint(p.checkpoint, device=dist.device)
         if p.lora_rank:  # before the optimizer (it takes the trainable parameters) and before a resume loads the adapters
             try:
-                apply_lora(model, p.lora_rank, p.lora_alpha, p.lora_dropout, p.lora_targets)
+                wrapped = apply_lora(model, p.lora_rank, p.lora_alpha, p.lora_dropout, p.lora_targets)
             except ValueError as e:
                 raise InputError(f"{ctx.run['step']} lora_targets: {e}") from None
+            if model.config.n_experts:
+                from llmpipe.log import log
+
+                log(f"note: LoRA adapts {len(wrapped)} layers; a mixture's experts are 3-D tensors, not linear layers LoRA wraps "
+                    "(lora_rank = 0 fine-tunes them)")
         tokenizer = load_tokenizer(p.checkpoint)
         max_len = min(p.max_seq_len or model.config.max_seq_len, model.config.max_seq_len)
         train_examples, val_examples, stats = read_examples(ctx, load_examples, tokenizer, max_len, "conversation")

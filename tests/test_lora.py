@@ -199,6 +199,20 @@ def test_bad_targets_and_settings_are_one_line_errors():
         apply_lora(model)
 
 
+def test_the_default_targets_are_the_projections_the_model_has():
+    """A GELU MLP has no gate_proj and a mixture's experts are no linear layers: the default list takes what there is
+    (both refused it before); a target named outright that the model lacks is still a one-line error."""
+    from tests.test_model_options import BASE, trained_looking
+
+    for options, mlp in (({"mlp": "gelu"}, ["up_proj", "down_proj"]), ({"n_experts": 4, "experts_per_token": 2}, [])):
+        model = trained_looking({**BASE, **options})
+        wrapped = apply_lora(model, rank=4)
+        per_block = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", *(f"mlp.{n}" for n in mlp)]
+        assert wrapped == [f"model.layers.{i}.{n}" for i in range(BASE["n_layer"]) for n in per_block], options
+        with pytest.raises(ValueError, match='^LoRA target "gate_proj" names no linear layer of the model'):
+            apply_lora(trained_looking({**BASE, **options}), targets=("q_proj", "gate_proj"))
+
+
 def test_a_wrapped_state_dict_round_trips_through_a_checkpoint(tmp_path):
     """The training loop saves raw.state_dict(): a LoRA model's keys are PEFT's (base_layer, lora_A, lora_B)."""
     model = tiny()

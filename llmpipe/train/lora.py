@@ -119,7 +119,8 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
 def apply_lora(model: nn.Module, rank: int = 8, alpha: float = 16, dropout: float = 0.0, targets=DEFAULT_TARGETS) -> list[str]:
     """Freeze every parameter and wrap each targeted nn.Linear in a LoRALinear; returns the wrapped names.
 
-    targets: leaf names ("q_proj"), full names ("model.layers.0.mlp.down_proj") or "all-linear" (all but lm_head).
+    targets: leaf names ("q_proj"), full names ("model.layers.0.mlp.down_proj") or "all-linear" (all but lm_head); a
+    target that names no layer is a ValueError, except in the default list, which takes those the model has.
     """
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise ValueError(f"LoRA rank must be a positive integer, got {rank!r}")
@@ -129,7 +130,11 @@ def apply_lora(model: nn.Module, rank: int = 8, alpha: float = 16, dropout: floa
         raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
     if lora_layers(model):
         raise ValueError("the model already has LoRA layers: merge_lora it first or apply LoRA once")
-    names = _resolve([n for n, m in model.named_modules() if isinstance(m, nn.Linear)], targets)
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if tuple(targets) == DEFAULT_TARGETS:  # the default takes the block projections the model has: a GELU MLP has no
+        # gate_proj, and a mixture's experts are 3-D tensors, not linear layers (its router, "gate", is not a target)
+        targets = [t for t in DEFAULT_TARGETS if any(_matches(n, t) for n in linears)]
+    names = _resolve(linears, targets)
     embed = getattr(getattr(model, "model", None), "embed_tokens", None)
     if OUTPUT_LAYER in names and embed is not None and model.get_submodule(OUTPUT_LAYER).weight is embed.weight:
         raise ValueError("LoRA on lm_head needs untied embeddings (tie_embeddings = false): merging would change embed_tokens too")
@@ -238,7 +243,11 @@ def load_adapter(model: nn.Module, adapter_dir: Path) -> list[str]:
     if isinstance(targets, str) and targets != ALL_LINEAR:
         raise ValueError(f"{adapter_dir / ADAPTER_CONFIG}: target_modules as a regular expression ({targets!r}) is not supported")
     tensors = load_file(str(adapter_dir / ADAPTER_WEIGHTS))
-    names = _resolve([n for n, m in model.named_modules() if isinstance(m, nn.Linear)], targets)
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if tuple(targets) == DEFAULT_TARGETS:  # the default takes the block projections the model has: a GELU MLP has no
+        # gate_proj, and a mixture's experts are 3-D tensors, not linear layers (its router, "gate", is not a target)
+        targets = [t for t in DEFAULT_TARGETS if any(_matches(n, t) for n in linears)]
+    names = _resolve(linears, targets)
     expected = {f"{PEFT_PREFIX}{name}.{part}.weight" for name in names for part in ("lora_A", "lora_B")}
     missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
     if missing or unexpected:  # checked before the model is touched
