@@ -212,3 +212,29 @@ def test_sentencepiece_model_with_a_piece_that_is_not_utf8(tokenizer_dir):
         f"{model}: not a sentencepiece model; give the output of train-tokenizer (or a sentencepiece .model file)")
     with pytest.raises(ValueError, match=r"^tokenizer: .*tokenizer.model is not a sentencepiece model; give the output of train-tokenizer"):
         check_tokenizer(tokenizer_dir)
+
+
+# --- WordPiece tokenizer.json: a vocabulary without a special token (a TypeError when rendering) or without [UNK]
+# ("Missing [UNK] token" when encoding a word it cannot spell)
+
+
+def test_wordpiece_vocabulary_missing_a_special_token(shared_data, tmp_path):
+    import shutil
+
+    from llmpipe.text.tokenizer import load_tokenizer
+    from tests.fuzz.model_seeds import model_fixtures
+
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    fixture = model_fixtures(shared_data, tmp_path) / "tok-wordpiece"
+    shutil.copy(fixture / "special_tokens.json", tok)
+    hf = json.loads((fixture / "tokenizer.json").read_text(encoding="utf-8"))
+    load_tokenizer(fixture)  # as trained, it loads
+    for damage, why in (("del", "user=5 of special_tokens.json"), ("unk", "its unknown-word token '[NOPE]'")):
+        damaged = json.loads(json.dumps(hf))
+        if damage == "del":
+            del damaged["model"]["vocab"]["<|user|>"]  # the added tokens still name it: the model's vocabulary lacks it
+        else:
+            damaged["model"]["unk_token"] = "[NOPE]"
+        (tok / "tokenizer.json").write_text(json.dumps(damaged), encoding="utf-8")
+        assert _refusal(load_tokenizer, tok) == f"{tok}/tokenizer.json: holds no token for {why}; re-run train-tokenizer"

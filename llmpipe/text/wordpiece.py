@@ -126,6 +126,15 @@ class WordPieceTokenizer:
             from llmpipe.errors import InputError
 
             raise InputError(f"{hf_file}: not a Hugging Face tokenizer.json; re-run train-tokenizer") from None
+        # found by fuzzing, each a traceback later: a vocabulary with a hole where special_tokens.json points, and one
+        # without the model's unk token (encoding a word it cannot spell raised "Missing [UNK] token")
+        unknown = [f"{name}={i}" for name, i in special.items() if self.hf.id_to_token(i) is None]
+        unk = getattr(self.hf.model, "unk_token", None)
+        if unknown or self.hf.model.token_to_id(str(unk)) is None:  # the model's own vocabulary, not the added tokens
+            from llmpipe.errors import InputError
+
+            what = f"{', '.join(unknown[:3])[:120]} of special_tokens.json" if unknown else f"its unknown-word token {str(unk)[:40]!r}"
+            raise InputError(f"{hf_file}: holds no token for {what}; re-run train-tokenizer")
         # as with sentencepiece's control symbols, text never gives a special or chat role token
         self.hf.add_special_tokens([AddedToken(self.hf.id_to_token(i), special=True, normalized=False) for i in special.values()])
         self.hf.encode_special_tokens = True

@@ -3,6 +3,7 @@ a tiny tokenizer trained on the C4 sample, token shards of that text, a tiny mod
 
     fixtures = model_fixtures(shared_data, tmp_path)   # <session dir>/fuzz-model-fixtures, made on first use
     fixtures / "tok"          train-tokenizer artifact (tokenizer.model, special_tokens.json, ...)
+    fixtures / "tok-wordpiece"  the same text's WordPiece tokenizer (tokenizer.json, special_tokens.json, ...)
     fixtures / "shards"       shard-000.safetensors ...: the text's tokens, a few hundred each
     fixtures / "checkpoint"   model.safetensors + config.json + tokenizer files: that vocabulary, 1 layer, n_embd 8
     fixtures / "model-<TYPE>.gguf"   that checkpoint exported for llama.cpp (F32 and F16)
@@ -48,6 +49,8 @@ def _make(source: Path, out: Path) -> None:
     (out / "docs.jsonl").write_text("".join(lines), encoding="utf-8")
     llmpipe.run_stage("ingest", [str(out / "docs.jsonl")], out / "docs")
     llmpipe.run_stage("train_tokenizer", [str(out / "docs")], out / "tok", vocab_size=VOCAB, holdout_documents=10, threads=1)
+    llmpipe.run_stage("train_tokenizer", [str(out / "docs")], out / "tok-wordpiece", model_type="wordpiece", vocab_size=VOCAB,
+                      holdout_documents=10)
     tok = load_tokenizer(out / "tok")
 
     texts = [json.loads(line)["text"] for line in lines[:20]]

@@ -1,4 +1,5 @@
-"""Fuzz targets for the model-side files: fine-tuning data, checkpoints, token shards, tokenizers, GGUF.
+"""Fuzz targets for the model-side files: fine-tuning data (sft, dpo/kto, grpo prompts), checkpoints, token shards,
+tokenizers (sentencepiece and WordPiece), GGUF.
 
 Data seeds are a few rows of each real file in ../shared/data/sft and ../shared/data/preference, re-serialised with
 their long strings cut (small seeds let the mutations reach the structure). Model-side seeds are made at seed time
@@ -89,6 +90,15 @@ def _preference_sources(shared: Path) -> list[list]:
             _jsonl_rows(pref / "hh-rlhf" / "harmless-base-test.jsonl.gz")]
 
 
+def _prompt_sources(shared: Path) -> list[list]:
+    """grpo's rows: a question with its answer, a prompt of chat turns, and what sft reads (its reply the answer)."""
+    gsm8k = _json_rows(shared / "sft" / "gsm8k_train_alpaca.json")
+    return [[{"question": r["instruction"], "answer": r["output"][-20:]} for r in gsm8k],
+            [{"prompt": [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": r["instruction"]}], "answer": 3}
+             for r in gsm8k],
+            *_sft_sources(shared)[:3]]
+
+
 # --- readers ------------------------------------------------------------------------------------
 
 
@@ -131,6 +141,34 @@ def _kto(path: Path) -> None:
     for example in read_kto([path], "auto", stats):
         render_kto(example, tok)
     check_bad_fraction(stats.to_json(), "rows", 0.5, "dpo")
+
+
+def _grpo(path: Path) -> None:
+    """As grpo's load_examples: every prompt read and rendered with the assistant header, its answer kept."""
+    from llmpipe.stats import TaskStats, check_bad_fraction
+    from llmpipe.text.chat_template import render
+    from stages.grpo import read_prompts
+
+    tok, stats = _tokenizer(_fixtures(path)), TaskStats()
+    for prompt in read_prompts([path], "auto", stats):
+        render(prompt.messages, tok, add_generation_prompt=True)
+    check_bad_fraction(stats.to_json(), "rows", 0.5, "grpo")
+
+
+def _tokenizer_json(path: Path) -> None:
+    """A WordPiece tokenizer directory whose tokenizer.json is the fuzz input: loaded as every stage given it loads
+    it, then used to encode, decode and render a chat."""
+    from llmpipe.text.chat_template import render
+    from llmpipe.text.tokenizer import load_tokenizer
+
+    tok_dir = path.parent / "tok-wordpiece"
+    if not tok_dir.exists():
+        tok_dir.mkdir()
+        shutil.copyfile(_fixtures(path) / "tok-wordpiece" / "special_tokens.json", tok_dir / "special_tokens.json")
+        (tok_dir / "tokenizer.json").symlink_to(path)
+    tok = load_tokenizer(tok_dir)
+    tok.decode(tok.encode("The quick brown fox, 1234 ünïcode 字 [CLS] ##ing"))
+    render([{"role": "user", "content": "Hi <|user|>"}, {"role": "assistant", "content": "Hello."}], tok)
 
 
 def _token_shard(path: Path) -> None:
@@ -238,3 +276,9 @@ target(Target(name="special_tokens", suffix=".json", read=_special_tokens,
               seeds=_with_fixtures(lambda shared, fx: [(fx / "tok" / "special_tokens.json").read_bytes()])))
 target(Target(name="gguf", suffix=".gguf", read=_gguf,
               seeds=_with_fixtures(lambda shared, fx: [(fx / f"model-{k}.gguf").read_bytes() for k in ("F32", "F16")])))
+target(Target(name="grpo_prompts_json", suffix=".json", read=_grpo,
+              seeds=_with_fixtures(lambda shared, fx: [_as_json(rows) for rows in _prompt_sources(shared)])))
+target(Target(name="grpo_prompts_jsonl", suffix=".jsonl", read=_grpo,
+              seeds=_with_fixtures(lambda shared, fx: [_as_jsonl(rows) for rows in _prompt_sources(shared)])))
+target(Target(name="tokenizer_json", suffix=".json", read=_tokenizer_json,
+              seeds=_with_fixtures(lambda shared, fx: [(fx / "tok-wordpiece" / "tokenizer.json").read_bytes()])))
