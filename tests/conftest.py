@@ -120,6 +120,6 @@ def pytest_terminal_summary(terminalreporter):
     if not RESULTS:
         return
     terminalreporter.section("fuzzing: mutated inputs per reader")
-    terminalreporter.write_line(f"{'reader':<22} {'inputs':>8} {'seconds':>8} {'returned':>9} {'refused':>8}")
+    terminalreporter.write_line(f"{'reader':<26} {'inputs':>8} {'seconds':>8} {'returned':>9} {'refused':>8}")
     for r in RESULTS:
-        terminalreporter.write_line(f"{r['reader']:<22} {r['inputs']:>8} {r['seconds']:>8} {r['returned']:>9} {r['refused']:>8}")
+        terminalreporter.write_line(f"{r['reader']:<26} {r['inputs']:>8} {r['seconds']:>8} {r['returned']:>9} {r['refused']:>8}")

@@ -8,6 +8,8 @@ a tiny tokenizer trained on the C4 sample, token shards of that text, a tiny mod
     fixtures / "checkpoint"   model.safetensors + config.json + tokenizer files: that vocabulary, 1 layer, n_embd 8
     fixtures / "model-<TYPE>.gguf"   that checkpoint exported for llama.cpp (F32 and F16)
     fixtures / "checkpoint-tiny"     a 32-token vocabulary: a 3 KB model.safetensors, so most mutations reach its header
+    fixtures / "checkpoint-moe", "checkpoint-encoder", "checkpoint-int8"   the same size: 2 experts, a ModernBERT encoder,
+                                     checkpoint-tiny quantized to int8
 
 Every fuzz test gets its own tmp_path, but they share pytest's session directory, so the files are made once.
 """
@@ -67,4 +69,15 @@ def _make(source: Path, out: Path) -> None:
         write_model_dir(out / name, Model(cfg).state_dict(), cfg.to_hf(), out / "tok")
     for kind in ("F32", "F16"):
         write_gguf(out / "checkpoint", out / f"model-{kind}.gguf", kind)
+    # the other layouts a checkpoint can have: a mixture of experts (3-D expert tensors), an encoder in ModernBERT's
+    # names, and a quantize output (integer weights, the scheme and its modules in config.json)
+    from llmpipe.encoder import to_modernbert
+
+    tiny = {"vocab_size": 32, "n_layer": 1, "n_embd": 8, "n_head": 2, "n_kv_head": 1, "intermediate_size": 16, "max_seq_len": 32}
+    encoder = {"norm": "layernorm", "mlp": "geglu", "embed_norm": True, "causal": False, "mlm_head": True, "n_kv_head": 2}
+    for name, options in (("checkpoint-moe", {"n_experts": 2, "experts_per_token": 1}), ("checkpoint-encoder", encoder)):
+        cfg = ModelConfig(**{**tiny, **options})
+        state = Model(cfg).state_dict()
+        write_model_dir(out / name, to_modernbert(state, cfg) if name.endswith("encoder") else state, cfg.to_hf(), out / "tok")
+    llmpipe.run_stage("quantize", [str(out / "checkpoint-tiny")], out / "checkpoint-int8")
     (out / "done").write_text("")

@@ -183,8 +183,8 @@ def _token_shard(path: Path) -> None:
             data.batch_array(step)
 
 
-def _checkpoint_dir(path: Path, mutated: str) -> Path:
-    """A checkpoint directory whose `mutated` file is the fuzz input and whose other files are the tiny checkpoint's."""
+def _checkpoint_dir(path: Path, mutated: str, fixture: str = "checkpoint-tiny") -> Path:
+    """A checkpoint directory whose `mutated` file is the fuzz input and whose other files are `fixture`'s."""
     ckpt = path.parent / "checkpoint"
     if not ckpt.exists():
         ckpt.mkdir()
@@ -192,17 +192,18 @@ def _checkpoint_dir(path: Path, mutated: str) -> Path:
             if name == mutated:
                 (ckpt / name).symlink_to(path)
             else:
-                shutil.copyfile(_fixtures(path) / "checkpoint-tiny" / name, ckpt / name)
+                shutil.copyfile(_fixtures(path) / fixture / name, ckpt / name)
     return ckpt
 
 
-def _load_model(ckpt: Path) -> None:
-    """As generate, chat and evaluate load a checkpoint: the model built from it, and a forward pass."""
+def _load_model(ckpt: Path, encoder: bool = False) -> None:
+    """As generate, chat and evaluate load a checkpoint (an encoder: as llmpipe inspect does): the model built from it,
+    and a forward pass."""
     import torch
 
     from llmpipe.model import Model
 
-    model = Model.from_checkpoint(ckpt)
+    model = Model.from_checkpoint(ckpt, encoder=encoder)
     with torch.no_grad():
         model(torch.tensor([[1, 5, 9, 2]]) % model.config.vocab_size)
 
@@ -270,6 +271,13 @@ target(Target(name="checkpoint_weights", suffix=".safetensors", read=lambda p: _
               seeds=_with_fixtures(lambda shared, fx: [(fx / "checkpoint-tiny" / "model.safetensors").read_bytes()])))
 target(Target(name="checkpoint_config", suffix=".json", read=lambda p: _load_model(_checkpoint_dir(p, "config.json")),
               seeds=_with_fixtures(lambda shared, fx: [(fx / "checkpoint-tiny" / "config.json").read_bytes()])))
+for _kind in ("moe", "encoder", "int8"):  # the other checkpoint layouts (tests/fuzz/model_seeds.py)
+    target(Target(name=f"checkpoint_{_kind}_config", suffix=".json",
+                  read=lambda p, f=f"checkpoint-{_kind}": _load_model(_checkpoint_dir(p, "config.json", f), encoder=f.endswith("encoder")),
+                  seeds=_with_fixtures(lambda shared, fx, f=f"checkpoint-{_kind}": [(fx / f / "config.json").read_bytes()])))
+target(Target(name="checkpoint_int8_weights", suffix=".safetensors",
+              read=lambda p: _load_model(_checkpoint_dir(p, "model.safetensors", "checkpoint-int8")),
+              seeds=_with_fixtures(lambda shared, fx: [(fx / "checkpoint-int8" / "model.safetensors").read_bytes()])))
 target(Target(name="tokenizer_model", suffix=".model", read=_tokenizer_model,
               seeds=_with_fixtures(lambda shared, fx: [(fx / "tok" / "tokenizer.model").read_bytes()])))
 target(Target(name="special_tokens", suffix=".json", read=_special_tokens,
