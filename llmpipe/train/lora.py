@@ -243,11 +243,7 @@ def load_adapter(model: nn.Module, adapter_dir: Path) -> list[str]:
     if isinstance(targets, str) and targets != ALL_LINEAR:
         raise ValueError(f"{adapter_dir / ADAPTER_CONFIG}: target_modules as a regular expression ({targets!r}) is not supported")
     tensors = load_file(str(adapter_dir / ADAPTER_WEIGHTS))
-    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if tuple(targets) == DEFAULT_TARGETS:  # the default takes the block projections the model has: a GELU MLP has no
-        # gate_proj, and a mixture's experts are 3-D tensors, not linear layers (its router, "gate", is not a target)
-        targets = [t for t in DEFAULT_TARGETS if any(_matches(n, t) for n in linears)]
-    names = _resolve(linears, targets)
+    names = _resolve([n for n, m in model.named_modules() if isinstance(m, nn.Linear)], targets)
     expected = {f"{PEFT_PREFIX}{name}.{part}.weight" for name in names for part in ("lora_A", "lora_B")}
     missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
     if missing or unexpected:  # checked before the model is touched
