@@ -161,12 +161,7 @@ def _tokenizer_json(path: Path) -> None:
     from llmpipe.text.chat_template import render
     from llmpipe.text.tokenizer import load_tokenizer
 
-    tok_dir = path.parent / "tok-wordpiece"
-    if not tok_dir.exists():
-        tok_dir.mkdir()
-        shutil.copyfile(_fixtures(path) / "tok-wordpiece" / "special_tokens.json", tok_dir / "special_tokens.json")
-        (tok_dir / "tokenizer.json").symlink_to(path)
-    tok = load_tokenizer(tok_dir)
+    tok = load_tokenizer(_tokenizer_dir(path, "tok-wordpiece", copied="special_tokens.json", mutated="tokenizer.json"))
     tok.decode(tok.encode("The quick brown fox, 1234 ünïcode 字 [CLS] ##ing"))
     render([{"role": "user", "content": "Hi <|user|>"}, {"role": "assistant", "content": "Hello."}], tok)
 
@@ -194,6 +189,16 @@ def _checkpoint_dir(path: Path, mutated: str, fixture: str = "checkpoint-tiny") 
             else:
                 shutil.copyfile(_fixtures(path) / fixture / name, ckpt / name)
     return ckpt
+
+
+def _tokenizer_dir(path: Path, fixture: str, copied: str, mutated: str) -> Path:
+    """A tokenizer directory beside the input whose `mutated` file is the fuzz input and `copied` the fixture's."""
+    tok_dir = path.parent / fixture
+    if not tok_dir.exists():
+        tok_dir.mkdir()
+        shutil.copyfile(_fixtures(path) / fixture / copied, tok_dir / copied)
+        (tok_dir / mutated).symlink_to(path)
+    return tok_dir
 
 
 def _load_model(ckpt: Path, encoder: bool = False) -> None:
@@ -230,12 +235,7 @@ def _special_tokens(path: Path) -> None:
     from llmpipe.text.chat_template import render, role_ids
     from llmpipe.text.tokenizer import load_tokenizer
 
-    tok_dir = path.parent / "tok"
-    if not tok_dir.exists():
-        tok_dir.mkdir()
-        shutil.copyfile(_fixtures(path) / "tok" / "tokenizer.model", tok_dir / "tokenizer.model")
-        (tok_dir / "special_tokens.json").symlink_to(path)
-    tok = load_tokenizer(tok_dir)
+    tok = load_tokenizer(_tokenizer_dir(path, "tok", copied="tokenizer.model", mutated="special_tokens.json"))
     try:
         role_ids(tok)
     except ValueError as e:
