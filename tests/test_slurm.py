@@ -211,6 +211,25 @@ def test_ctrl_c_cancels_the_jobs_it_submitted(tmp_path, shared_data):
         assert rows(tmp_path / "runs/slurm" / step) == rows(tmp_path / "runs/local" / step)
 
 
+def test_training_jobs_side_by_side_on_one_node_in_a_workdir_of_shell(tmp_path):
+    """Two torchrun steps at once on the one node, as dpo and reward_model after sft in the quickstart (both took
+    rendezvous port 29500 and one failed when the other's store closed under it), in a workdir made of shell: both
+    finish, their scripts quote the paths, and nothing in the names runs."""
+    hostile = "runs/$(touch x) `touch x`; q'uote"
+    write(tmp_path / "in.txt", "x")
+    header = PIPELINE.split("[steps.ingest]")[0].format(name="t", executor="slurm", repo=REPO).replace('"runs/t"', json.dumps(hostile))
+    steps = "".join(f'[steps.{name}]\nstage = "tests.fixtures.ddp_probe"\ninputs = ["in.txt"]\nnproc_per_node = 1\nseconds = {seconds}\n\n'
+                    for name, seconds in (("short", 2), ("long", 8), ("longer", 12)))
+    write(tmp_path / "p.toml", header + steps)
+    run_cli("run", "p.toml", cwd=tmp_path, check=True, timeout=300, env={"PYTHONPATH": str(REPO)})
+    for name in ("short", "long", "longer"):
+        result = json.loads((tmp_path / hostile / name / "result.json").read_text())
+        assert result["world_size"] == 1 and result["sum"] == 1.0
+        script = (tmp_path / hostile / name / "_logs" / "0-train.sbatch").read_text()
+        assert "--standalone" in script and "29500" not in script
+    assert not list(tmp_path.rglob("x"))
+
+
 def test_hostile_names_in_generated_slurm_scripts_run_nothing(tmp_path):
     """A workdir and an input name made of shell (`$(touch x)`, backticks, `; rm -rf`, a quote) under --executor slurm:
     the scripts quote them, the run completes with the names as written, and nothing runs; a line break or a double

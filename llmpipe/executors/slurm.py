@@ -94,7 +94,7 @@ def phase_script(step: step_mod.Step, run: dict, phase: int, todo: list[int], se
                   f"#SBATCH --cpus-per-task={settings.get('cpus_per_task', nproc_of(run))}"]
         if settings.get("gpus_per_node"):
             lines.append(f"#SBATCH --gpus-per-node={settings['gpus_per_node']}")
-        return "\n".join(lines + _body(settings, slurm_command(out, phase, todo[0], nproc_of(run), python)))
+        return "\n".join(lines + _body(settings, slurm_command(out, phase, todo[0], nproc_of(run), python, int(settings.get("nodes", 1)))))
     log_name = f"{run['phases'][phase]['name']}-" + (f"{offset}+%a.out" if offset else "%a.out")
     lines = _header(settings, name, str(out / LOGS / log_name), dependency)
     limit = settings.get("array_parallelism")
