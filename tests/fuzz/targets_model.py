@@ -161,7 +161,7 @@ def _tokenizer_json(path: Path) -> None:
     from llmpipe.text.chat_template import render
     from llmpipe.text.tokenizer import load_tokenizer
 
-    tok = load_tokenizer(_tokenizer_dir(path, "tok-wordpiece", copied="special_tokens.json", mutated="tokenizer.json"))
+    tok = load_tokenizer(_dir_around(path, "tok-wordpiece", ("tokenizer.json", "special_tokens.json"), "tokenizer.json"))
     tok.decode(tok.encode("The quick brown fox, 1234 ünïcode 字 [CLS] ##ing"))
     render([{"role": "user", "content": "Hi <|user|>"}, {"role": "assistant", "content": "Hello."}], tok)
 
@@ -178,27 +178,22 @@ def _token_shard(path: Path) -> None:
             data.batch_array(step)
 
 
-def _checkpoint_dir(path: Path, mutated: str, fixture: str = "checkpoint-tiny") -> Path:
-    """A checkpoint directory whose `mutated` file is the fuzz input and whose other files are `fixture`'s."""
-    ckpt = path.parent / "checkpoint"
-    if not ckpt.exists():
-        ckpt.mkdir()
-        for name in ("model.safetensors", "config.json"):
+def _dir_around(path: Path, fixture: str, files: tuple[str, ...], mutated: str) -> Path:
+    """A directory beside the input, named as `fixture`, holding `files`: `mutated` is the fuzz input, the others are
+    the fixture's."""
+    out = path.parent / fixture
+    if not out.exists():
+        out.mkdir()
+        for name in files:
             if name == mutated:
-                (ckpt / name).symlink_to(path)
+                (out / name).symlink_to(path)
             else:
-                shutil.copyfile(_fixtures(path) / fixture / name, ckpt / name)
-    return ckpt
+                shutil.copyfile(_fixtures(path) / fixture / name, out / name)
+    return out
 
 
-def _tokenizer_dir(path: Path, fixture: str, copied: str, mutated: str) -> Path:
-    """A tokenizer directory beside the input whose `mutated` file is the fuzz input and `copied` the fixture's."""
-    tok_dir = path.parent / fixture
-    if not tok_dir.exists():
-        tok_dir.mkdir()
-        shutil.copyfile(_fixtures(path) / fixture / copied, tok_dir / copied)
-        (tok_dir / mutated).symlink_to(path)
-    return tok_dir
+def _checkpoint_dir(path: Path, mutated: str, fixture: str = "checkpoint-tiny") -> Path:
+    return _dir_around(path, fixture, ("model.safetensors", "config.json"), mutated)
 
 
 def _load_model(ckpt: Path, encoder: bool = False) -> None:
@@ -235,7 +230,7 @@ def _special_tokens(path: Path) -> None:
     from llmpipe.text.chat_template import render, role_ids
     from llmpipe.text.tokenizer import load_tokenizer
 
-    tok = load_tokenizer(_tokenizer_dir(path, "tok", copied="tokenizer.model", mutated="special_tokens.json"))
+    tok = load_tokenizer(_dir_around(path, "tok", ("tokenizer.model", "special_tokens.json"), "special_tokens.json"))
     try:
         role_ids(tok)
     except ValueError as e:
