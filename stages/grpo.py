@@ -17,8 +17,10 @@ optimised that many steps and the sampling policy's log-probs (kept then) make t
 
 Logged per step: reward, reward_std, accuracy (exact match rate, when the prompts have answers),
 frac_reward_zero_std (groups that teach nothing), completion_length, kl, clip_ratio. The held-out prompts
-(`val_fraction`) are answered greedily before training and at every evaluation: eval_accuracy_before and
-eval_accuracy (and eval_reward) in the manifest; reward.png beside loss.png.
+(`val_fraction`) are answered before training and at every evaluation, greedily (eval_accuracy, eval_reward) and
+by `eval_generations` samples each at the training temperature (eval_sampled_accuracy: what the policy GRPO
+optimises answers; greedy decoding of a small model can lag it, or jump, as single digits flip); <name>_before and
+<name> in the manifest; reward.png beside loss.png.
 
     llmpipe grpo --input embedded:arithmetic --checkpoint runs/pretrain/sft --output runs/grpo --max-steps 5 --max-new-tokens 8
     [steps.grpo]
@@ -49,6 +51,7 @@ class Params(FineTuneParams):
     beta: float = field(default=0.04, metadata={"help": "Weight of the per-token KL to the reference (k3 estimator); 0: no reference model."})
     epsilon: float = field(default=0.2, metadata={"help": "Clipping range of the probability ratio (PPO's epsilon)."})
     kl_bias_correction: bool = field(default=False, metadata={"help": "Multiply the KL term by the ratio (DeepSeek-V3.2; TRL 1.16's use_bias_correction_kl); off: the GRPO paper's k3 term."})
+    eval_generations: int = field(default=4, metadata={"help": "Completions sampled per held-out prompt at each evaluation (besides the greedy one): eval_sampled_accuracy is their mean, pass@1 averaged over k as DeepSeek-R1 reports it (0: greedy only)."})
     num_iterations: int = field(default=1, metadata={"help": "Optimizer steps on each sampled batch (the paper's mu); above 1 the ratio departs from 1 and clipping acts."})
     scale_rewards: Literal["group", "batch", "none"] = field(default="group", metadata={"help": "Divide advantages by the std of the group, of the batch, or not at all (Dr. GRPO)."})
     loss_type: Literal["grpo", "bnpo", "dr_grpo"] = field(default="grpo", metadata={"help": "grpo: per-completion token mean, then mean; bnpo: mean over all tokens; dr_grpo: sum / (completions x max_new_tokens)."})
@@ -72,6 +75,8 @@ class Params(FineTuneParams):
             raise ValueError(f"num_generations: expected 2 or more (advantages compare completions of one prompt), got {self.num_generations}")
         if self.max_new_tokens < 1 or not self.temperature > 0 or not 0 < self.top_p <= 1:
             raise ValueError(f"max_new_tokens: expected max_new_tokens >= 1, temperature > 0 and top_p in (0, 1], got {self.max_new_tokens}, {self.temperature}, {self.top_p}")
+        if self.eval_generations < 0:
+            raise ValueError(f"eval_generations: expected 0 or more, got {self.eval_generations}")
         if self.beta < 0 or not self.epsilon > 0 or self.num_iterations < 1:
             raise ValueError(f"beta: expected beta >= 0, epsilon > 0 and num_iterations >= 1, got {self.beta}, {self.epsilon}, {self.num_iterations}")
         if self.reward.startswith("regex:") or self.reward == "exact_match":
@@ -324,22 +329,39 @@ def train_task(ctx, task: dict) -> dict:
             mine = val_prompts[dist.rank::dist.world_size]
 
             def eval_fn(m):
-                from llmpipe.train.grpo_rewards import exact_match
-
-                sums = torch.zeros(4, dtype=torch.float64, device=dist.device)  # reward, correct, tokens, prompts
-                for k in range(0, len(mine), 16):
-                    chunk = mine[k:k + 16]
+                k = p.eval_generations
+                # the same sampling stream at every evaluation: a change between two of them is the model's
+                generator = torch.Generator(device=dist.device).manual_seed(p.seed * 1_000_003 + 999_983 + dist.rank) if k else None
+                # greedy reward, correct, tokens; prompts; sampled reward, correct (each prompt's mean over k)
+                sums = torch.zeros(6, dtype=torch.float64, device=dist.device)
+                for start in range(0, len(mine), 16):
+                    chunk = mine[start:start + 16]
                     made = sample(m, [x.ids for x in chunk], p, stop_ids, None, greedy=True)
-                    texts = completion_texts(tokenizer, made, stop_ids)
-                    rewards = reward_fn([x.messages for x in chunk], texts, [x.answer for x in chunk])
-                    correct = [exact_match(t, x.answer) if x.answer is not None else 0.0 for t, x in zip(texts, chunk)]
-                    sums += torch.tensor([sum(rewards), sum(correct), sum(map(len, made)), len(chunk)], dtype=torch.float64, device=dist.device)
+                    reward, correct = score(chunk, made)
+                    sums[:4] += torch.tensor([reward, correct, sum(map(len, made)), len(chunk)], dtype=torch.float64, device=dist.device)
+                    if k:
+                        rows = [x for x in chunk for _ in range(k)]
+                        reward, correct = score(rows, sample(m, [x.ids for x in rows], p, stop_ids, generator))
+                        sums[4:] += torch.tensor([reward / k, correct / k], dtype=torch.float64, device=dist.device)
                 if dist.ddp:
                     torch.distributed.all_reduce(sums)
                 record = {"eval_reward": (sums[0] / sums[3]).item(), "eval_completion_length": (sums[2] / sums[3]).item()}
-                if all(x.answer is not None for x in val_prompts):
+                if k:
+                    record["eval_sampled_reward"] = (sums[4] / sums[3]).item()
+                answered = all(x.answer is not None for x in val_prompts)
+                if answered:
                     record["eval_accuracy"] = (sums[1] / sums[3]).item()
+                    if k:
+                        record["eval_sampled_accuracy"] = (sums[5] / sums[3]).item()
                 return record
+
+            def score(rows: list[Prompt], made: list[list[int]]) -> tuple[float, float]:
+                """Summed reward and exact-match count of completions `made` of prompts `rows`."""
+                from llmpipe.train.grpo_rewards import exact_match
+
+                texts = completion_texts(tokenizer, made, stop_ids)
+                rewards = reward_fn([x.messages for x in rows], texts, [x.answer for x in rows])
+                return sum(rewards), sum(exact_match(t, x.answer) if x.answer is not None else 0.0 for t, x in zip(texts, rows))
 
         optimizer = make_optimizer(model, p.lr, p.weight_decay, device=dist.device)
         prompt_tokens = sum(len(x.ids) for x in train_prompts) / len(train_prompts)
@@ -360,11 +382,11 @@ def train_task(ctx, task: dict) -> dict:
 
 
 def reward_png(path: Path, metrics: Path, title: str) -> None:
-    """Mean reward (and exact-match accuracy) of the sampled completions per step; held-out greedy accuracy where measured."""
+    """Mean reward (and exact-match accuracy) of the sampled completions per step; held-out accuracy where measured."""
     from llmpipe.train.loop import curves_png
 
     curves_png(path, metrics, title, [("reward", "reward (sampled)"), ("accuracy", "accuracy (sampled)")],
-               [("eval_accuracy", "held-out accuracy (greedy)")])
+               [("eval_accuracy", "held-out accuracy (greedy)"), ("eval_sampled_accuracy", "held-out accuracy (sampled)")])
 
 
 def finalize(ctx, stats: dict, records: dict) -> dict:

@@ -239,3 +239,27 @@ def test_embedded_arithmetic_is_a_verifiable_task_that_ships():
         assert p.answer == str(a + b) and exact_match(f"The answer is {a + b}.", p.answer) == 1.0
     assert [p.key for p in prompts[:2]] == ["embedded:arithmetic:1", "embedded:arithmetic:2"]
     assert prompts == read_prompts(["embedded:arithmetic"], "auto", TaskStats())
+
+
+def test_held_out_prompts_are_answered_greedily_and_by_samples(tmp_path):
+    """eval_generations completions per held-out prompt at each evaluation, drawn from the same stream every time: with
+    nothing learned (lr 0) the last evaluation repeats the first; 0 leaves the greedy figures only."""
+    ck = _tiny_chat_checkpoint(tmp_path)
+    common = ["grpo", "--input", "embedded:arithmetic", "--checkpoint", str(ck), "--max-steps", "2", "--eval-every", "1",
+              "--device", "cpu", "--reward", r"regex:\d", "--batch-size", "2", "--micro-batch", "2", "--num-generations", "2",
+              "--max-new-tokens", "3", "--val-fraction", "0.05", "--lr", "0", "--min-lr", "0"]
+    env = {"OMP_NUM_THREADS": "1"}
+    run_cli(*common, "--output", "k3", "--eval-generations", "3", cwd=tmp_path, check=True, env=env)
+    run_cli(*common, "--output", "k0", "--eval-generations", "0", cwd=tmp_path, check=True, env=env)
+    evals = {name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
+             for name in ("k3", "k0")}
+    n_val = json.loads((tmp_path / "k3" / "_manifest.json").read_text())["counts"]["val_prompts"]
+    sampled = [r["eval_sampled_reward"] for r in evals["k3"]]
+    assert [r["step"] for r in evals["k3"]] == [0, 1, 2] and n_val == 25  # 5 % of 400 by the seeded hash
+    assert 0 < sampled[0] < 1 and round(sampled[0] * 3 * n_val, 6) == round(sampled[0] * 3 * n_val), sampled
+    assert sampled == [sampled[0]] * 3, "the same model and the same stream give the same figure"
+    assert all(0 <= r["eval_sampled_accuracy"] <= 1 for r in evals["k3"])
+    assert [r["eval_reward"] for r in evals["k3"]] == [r["eval_reward"] for r in evals["k0"]], "greedy answers do not depend on k"
+    assert not any("eval_sampled_reward" in r or "eval_sampled_accuracy" in r for r in evals["k0"])
+    line = _one_line_error(tmp_path, *common, "--output", "bad", "--eval-generations", "-1")
+    assert "--eval-generations: expected 0 or more, got -1" in line, line
