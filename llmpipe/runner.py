@@ -122,7 +122,10 @@ def headline(manifest: dict) -> str:
         return f"val bits per byte {metrics['val_bpb']:.3f}"
     if "eval_rewards/accuracies" in metrics:  # dpo: what the held-out pairs say
         return f"held-out reward accuracy {metrics.get('eval_rewards/accuracies_before', 0):.2f} -> {metrics['eval_rewards/accuracies']:.2f}"
-    if "eval_accuracy" in metrics:  # reward-model: held-out pairs ranked right; grpo: held-out answers right
+    if "eval_sampled_accuracy" in metrics:  # grpo: held-out answers right, greedy and as the policy samples them
+        return (f"held-out accuracy {metrics.get('eval_accuracy_before', 0):.2f} -> {metrics['eval_accuracy']:.2f} greedy, "
+                f"{metrics.get('eval_sampled_accuracy_before', 0):.2f} -> {metrics['eval_sampled_accuracy']:.2f} sampled")
+    if "eval_accuracy" in metrics:  # reward-model: held-out pairs ranked right; grpo (eval_generations 0): held-out answers right
         return f"held-out accuracy {metrics.get('eval_accuracy_before', 0):.2f} -> {metrics['eval_accuracy']:.2f}"
     if "val_mlm_acc" in metrics:  # a masked-LM encoder beside what a model without context scores
         return f"masked-token accuracy {metrics['val_mlm_acc']:.3f} (unigram {metrics.get('val_unigram_acc', 0):.3f})"

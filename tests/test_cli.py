@@ -107,6 +107,8 @@ def test_cli_and_library_make_the_same_artifact(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("metrics, line", [
     ({"val_loss_before": 0.73, "val_loss": 0.14, "eval_accuracy_before": 0.137, "eval_accuracy": 0.973}, "held-out accuracy 0.14 -> 0.97"),
+    ({"eval_accuracy_before": 0.342, "eval_accuracy": 0.595, "eval_sampled_accuracy_before": 0.203, "eval_sampled_accuracy": 0.402},
+     "held-out accuracy 0.34 -> 0.59 greedy, 0.20 -> 0.40 sampled"),
     ({"val_loss_before": 6.37, "val_loss": 4.69}, "held-out answer loss 6.37 -> 4.69"),
     ({"val_loss": 5.1, "val_mlm_acc": 0.2154, "val_unigram_acc": 0.0831}, "masked-token accuracy 0.215 (unigram 0.083)"),
 ])
