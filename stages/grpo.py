@@ -18,9 +18,9 @@ optimised that many steps and the sampling policy's log-probs (kept then) make t
 Logged per step: reward, reward_std, accuracy (exact match rate, when the prompts have answers),
 frac_reward_zero_std (groups that teach nothing), completion_length, kl, clip_ratio. The held-out prompts
 (`val_fraction`) are answered before training and at every evaluation, greedily (eval_accuracy, eval_reward) and
-by `eval_generations` samples each at the training temperature (eval_sampled_accuracy: what the policy GRPO
-optimises answers; greedy decoding of a small model can lag it, or jump, as single digits flip); <name>_before and
-<name> in the manifest; reward.png beside loss.png.
+by `eval_generations` samples each at the training temperature (eval_sampled_accuracy: how often the policy GRPO
+trains answers right as it samples; the greedy answers of a small model can lag it, or jump, as single digits flip);
+<name>_before and <name> in the manifest; reward.png beside loss.png.
 
     llmpipe grpo --input embedded:arithmetic --checkpoint runs/pretrain/sft --output runs/grpo --max-steps 5 --max-new-tokens 8
     [steps.grpo]
