@@ -206,6 +206,15 @@ def completion_texts(tokenizer, completions: list[list[int]], stop_ids: set[int]
     return [tokenizer.decode([t for t in c if t not in stop_ids]) for c in completions]
 
 
+def score(prompts: list[Prompt], made: list[list[int]], tokenizer, stop_ids: set[int], reward_fn) -> tuple[list[float], list[float | None]]:
+    """The reward of each completion `made` of its prompt, and its exact match with the prompt's answer (None: no answer)."""
+    from llmpipe.train.grpo_rewards import exact_match
+
+    texts = completion_texts(tokenizer, made, stop_ids)
+    rewards = reward_fn([x.messages for x in prompts], texts, [x.answer for x in prompts])
+    return rewards, [exact_match(t, x.answer) if x.answer is not None else None for t, x in zip(texts, prompts)]
+
+
 def _autocast(device: str):
     import torch
 
@@ -230,19 +239,17 @@ def rollouts(model, reference, batch: list[Prompt], p: Params, reward_fn, tokeni
     import torch
 
     from llmpipe.train.grpo import group_advantages
-    from llmpipe.train.grpo_rewards import exact_match
 
     G = p.num_generations
     chunks = [batch[k:k + p.micro_batch] for k in range(0, len(batch), p.micro_batch)]
     rows, rewards, correct = [], [], []
     for chunk in chunks:
-        prompts = [x.ids for x in chunk for _ in range(G)]
+        repeated = [x for x in chunk for _ in range(G)]
+        prompts = [x.ids for x in repeated]
         made = sample(model, prompts, p, stop_ids, generator)
-        texts = completion_texts(tokenizer, made, stop_ids)
-        messages = [x.messages for x in chunk for _ in range(G)]
-        answers = [x.answer for x in chunk for _ in range(G)]
-        rewards += reward_fn(messages, texts, answers)
-        correct += [exact_match(t, a) for t, a in zip(texts, answers) if a is not None]
+        scores, matches = score(repeated, made, tokenizer, stop_ids, reward_fn)
+        rewards += scores
+        correct += [m for m in matches if m is not None]
         rows += list(zip(prompts, made))
     r = torch.tensor(rewards, dtype=torch.float32)
     advantages = group_advantages(r, G, p.scale_rewards)
@@ -337,31 +344,26 @@ def train_task(ctx, task: dict) -> dict:
                 for start in range(0, len(mine), 16):
                     chunk = mine[start:start + 16]
                     made = sample(m, [x.ids for x in chunk], p, stop_ids, None, greedy=True)
-                    reward, correct = score(chunk, made)
+                    reward, correct = summed(chunk, made)
                     sums[:4] += torch.tensor([reward, correct, sum(map(len, made)), len(chunk)], dtype=torch.float64, device=dist.device)
                     if k:
                         rows = [x for x in chunk for _ in range(k)]
-                        reward, correct = score(rows, sample(m, [x.ids for x in rows], p, stop_ids, generator))
+                        reward, correct = summed(rows, sample(m, [x.ids for x in rows], p, stop_ids, generator))
                         sums[4:] += torch.tensor([reward / k, correct / k], dtype=torch.float64, device=dist.device)
                 if dist.ddp:
                     torch.distributed.all_reduce(sums)
                 record = {"eval_reward": (sums[0] / sums[3]).item(), "eval_completion_length": (sums[2] / sums[3]).item()}
                 if k:
                     record["eval_sampled_reward"] = (sums[4] / sums[3]).item()
-                answered = all(x.answer is not None for x in val_prompts)
-                if answered:
+                if all(x.answer is not None for x in val_prompts):
                     record["eval_accuracy"] = (sums[1] / sums[3]).item()
                     if k:
                         record["eval_sampled_accuracy"] = (sums[5] / sums[3]).item()
                 return record
 
-            def score(rows: list[Prompt], made: list[list[int]]) -> tuple[float, float]:
-                """Summed reward and exact-match count of completions `made` of prompts `rows`."""
-                from llmpipe.train.grpo_rewards import exact_match
-
-                texts = completion_texts(tokenizer, made, stop_ids)
-                rewards = reward_fn([x.messages for x in rows], texts, [x.answer for x in rows])
-                return sum(rewards), sum(exact_match(t, x.answer) if x.answer is not None else 0.0 for t, x in zip(texts, rows))
+            def summed(rows: list[Prompt], made: list[list[int]]) -> tuple[float, float]:
+                rewards, matches = score(rows, made, tokenizer, stop_ids, reward_fn)
+                return sum(rewards), sum(m or 0.0 for m in matches)
 
         optimizer = make_optimizer(model, p.lr, p.weight_decay, device=dist.device)
         prompt_tokens = sum(len(x.ids) for x in train_prompts) / len(train_prompts)

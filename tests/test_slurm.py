@@ -212,8 +212,8 @@ def test_ctrl_c_cancels_the_jobs_it_submitted(tmp_path, shared_data):
 
 
 def test_training_jobs_side_by_side_on_one_node_in_a_workdir_of_shell(tmp_path):
-    """Two torchrun steps at once on the one node, as dpo and reward_model after sft in the quickstart (both took
-    rendezvous port 29500 and one failed when the other's store closed under it), in a workdir made of shell: both
+    """Three torchrun steps at once on the one node, as dpo and reward_model after sft in the quickstart (both took
+    rendezvous port 29500 and one failed when the other's store closed under it), in a workdir made of shell: all
     finish, their scripts quote the paths, and nothing in the names runs."""
     hostile = "runs/$(touch x) `touch x`; q'uote"
     write(tmp_path / "in.txt", "x")
